@@ -1,0 +1,44 @@
+"""Error hierarchy.
+
+Every mistake a user can make (a config key, a data file, a checkpoint) raises a :class:`PrunekitError`
+subclass whose message names the field or file, the value, and what is allowed. The CLI prints the
+message on one line and exits with status 2; nothing else escapes as a traceback for user input.
+"""
+from __future__ import annotations
+
+
+class PrunekitError(Exception):
+    """Base class of all user-facing errors. ``exit_code`` is what the CLI returns."""
+
+    exit_code = 2
+
+
+class ConfigError(PrunekitError, ValueError):
+    """A configuration value, CLI argument or API argument is not allowed."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A registry lookup (method, model, dataset, recipe ...) failed."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DataError(PrunekitError):
+    """A dataset file is missing, malformed, truncated or fails its checksum."""
+
+
+class MaskError(PrunekitError):
+    """Masks do not fit a model (names, shapes) or violate a structural constraint."""
+
+
+class CheckpointError(PrunekitError):
+    """A checkpoint or mask file cannot be loaded safely."""
+
+
+class NumericError(PrunekitError):
+    """Training produced NaN/Inf values."""
+
+
+class LayerCollapseError(MaskError):
+    """A mask disconnects the network (a layer keeps no effective weight)."""

@@ -1,0 +1,74 @@
+"""The model registry and the checks every builder shares.
+
+Each builder is a function ``builder(num_classes, **options) -> nn.Module`` registered in :data:`MODELS`
+with metadata: ``family``, ``source`` (the reference repository file whose definition it follows),
+``paper``, ``input_shape`` (default C, H, W), ``num_classes`` (default) and ``init`` (the weight
+initialisation, because the references differ there more than in architecture).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..registry import Registry, suggest
+
+MODELS: Registry = Registry("model")
+
+_POSITIVE_INT_OPTIONS = ("in_channels", "input_size", "in_features")
+
+
+def names() -> list[str]:
+    """Registered model names, in registration order."""
+    return MODELS.names()
+
+
+def options(name: str) -> dict[str, Any]:
+    """``{option: default}`` accepted by model ``name`` besides ``num_classes``."""
+    params = inspect.signature(MODELS.get(name)).parameters
+    return {k: p.default for k, p in params.items() if k != "num_classes"}
+
+
+def info(name: str) -> dict[str, Any]:
+    """Metadata of model ``name``: source, paper, family, input_shape, num_classes, init, options."""
+    meta = dict(MODELS.meta(name))
+    meta["name"] = name
+    meta["options"] = options(name)
+    return meta
+
+
+def create(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
+    """Build model ``name`` with ``num_classes`` outputs (``None``: the model's default).
+
+    Options other than ``num_classes`` are model specific (``info(name)["options"]``); an unknown one
+    raises :class:`~prunekit.errors.ConfigError` naming it and the allowed ones.
+    """
+    builder = MODELS.get(name)
+    allowed = options(name)
+    for key in kwargs:
+        if key not in allowed:
+            raise ConfigError(
+                f"model {name!r} has no option {key!r}{suggest(key, list(allowed))}; "
+                f"allowed: num_classes, {', '.join(allowed)}"
+            )
+    if num_classes is None:
+        num_classes = MODELS.meta(name)["num_classes"]
+    check_positive_int(f"{name}: num_classes", num_classes)
+    for key in _POSITIVE_INT_OPTIONS:
+        if kwargs.get(key) is not None:
+            check_positive_int(f"{name}: {key}", kwargs[key])
+    return builder(num_classes=num_classes, **kwargs)
+
+
+def check_positive_int(field: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{field}={value!r} is not allowed; allowed: a positive integer")
+    return value
+
+
+def check_size(model: str, input_size: int, allowed: str, ok: bool) -> None:
+    """Raise ConfigError for an ``input_size`` the architecture cannot take."""
+    if not ok:
+        raise ConfigError(f"{model}: input_size={input_size!r} is not allowed; allowed: {allowed}")

@@ -1,0 +1,20 @@
+"""Pure tensor logic of sparsity: masks, targets, allocation, selection, schedules, units."""
+from .allocate import achieved_sparsity, allocate, custom, er, erk, uniform
+from .masks import MaskSet
+from .optim_state import POLICIES as OPTIMIZER_STATE_POLICIES
+from .optim_state import mask_optimizer_state_, reset_optimizer_state_
+from .schedules import CosineDecay, CubicSchedule, OneShot, geometric_sparsity, lap_layer_sparsity, lap_remaining
+from .select import channel_mask, filter_mask, global_topk, layerwise_topk, nm_mask, num_keep, num_zeros, topk_mask
+from .targets import PRESETS as TARGET_PRESETS
+from .targets import Targets, resolve_targets
+from .units import (
+    check_sparsity,
+    compression_from_sparsity,
+    density_from_sparsity,
+    keep_ratio_from_sparsity,
+    sparsity_from_compression,
+    sparsity_from_density,
+    sparsity_from_keep_ratio,
+)
+
+__all__ = [name for name in dir() if not name.startswith("_")]
