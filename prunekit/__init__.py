@@ -1,6 +1,24 @@
-"""prunekit: neural-network pruning across the training lifecycle."""
+"""prunekit: neural-network pruning across the training lifecycle.
+
+``prunekit.create(name, model, **settings)`` builds a pruner for any ``nn.Module``;
+``prunekit.models.create`` and ``prunekit.data.build_loaders`` give the papers' models and data;
+``prunekit.run(config)`` runs a whole experiment.
+"""
+from . import methods, models, sparsity
 from .errors import PrunekitError
+from .methods import METHODS, create
 from .sparsity import MaskSet, Targets
 
 __version__ = "0.1.0"
-__all__ = ["MaskSet", "PrunekitError", "Targets", "__version__"]
+
+
+def run(config, force: bool = False, quiet: bool = True):
+    """Run one experiment from an ``ExperimentConfig`` or a dict of settings; returns its result row."""
+    from .experiments import ExperimentConfig, build_config, run_experiment
+
+    cfg = config if isinstance(config, ExperimentConfig) else build_config(dict(config))
+    return run_experiment(cfg, force=force, quiet=quiet)
+
+
+__all__ = ["METHODS", "MaskSet", "PrunekitError", "Targets", "__version__", "create", "methods", "models", "run",
+           "sparsity"]

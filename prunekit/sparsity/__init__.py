@@ -4,7 +4,17 @@ from .masks import MaskSet
 from .optim_state import POLICIES as OPTIMIZER_STATE_POLICIES
 from .optim_state import mask_optimizer_state_, reset_optimizer_state_
 from .schedules import CosineDecay, CubicSchedule, OneShot, geometric_sparsity, lap_layer_sparsity, lap_remaining
-from .select import channel_mask, filter_mask, global_topk, layerwise_topk, nm_mask, num_keep, num_zeros, topk_mask
+from .select import (
+    channel_mask,
+    filter_mask,
+    global_topk,
+    layerwise_topk,
+    masks_from_scores,
+    nm_mask,
+    num_keep,
+    num_zeros,
+    topk_mask,
+)
 from .targets import PRESETS as TARGET_PRESETS
 from .targets import Targets, resolve_targets
 from .units import (

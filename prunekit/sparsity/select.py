@@ -157,3 +157,22 @@ def filter_mask(score: Tensor, sparsity: float, reduce: str = "l2") -> Tensor:
 def channel_mask(score: Tensor, sparsity: float, reduce: str = "l2") -> Tensor:
     """Keep ``n - int(sparsity * n)`` input channels (dim 1) of one layer."""
     return unit_mask(score, num_keep(score.shape[1], sparsity), 1, reduce)
+
+
+def masks_from_scores(
+    scores: Mapping[str, Tensor],
+    sparsity: float,
+    allocation: str | Mapping[str, float] = "global",
+    **alloc_kwargs,
+) -> dict[str, Tensor]:
+    """Masks keeping the highest scores: one global threshold (``"global"``), per-layer budgets from
+    an allocator (``"uniform"``, ``"erk"``, ``"er"``), or an explicit ``{name or glob: sparsity}`` map."""
+    from .allocate import allocate, custom
+
+    if isinstance(allocation, Mapping):
+        shapes = {n: tuple(s.shape) for n, s in scores.items()}
+        return layerwise_topk(scores, custom(shapes, allocation))
+    if allocation == "global":
+        return global_topk(scores, sparsity)
+    shapes = {n: tuple(s.shape) for n, s in scores.items()}
+    return layerwise_topk(scores, allocate(allocation, shapes, sparsity, **alloc_kwargs))

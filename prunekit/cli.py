@@ -1,0 +1,132 @@
+"""The ``prunekit`` command line: run, show, list, results.
+
+User mistakes print one line (``prunekit: error: ...``) and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+import yaml
+
+from .errors import PrunekitError
+
+
+def _console(quiet: bool = False):
+    from rich.console import Console
+
+    return Console(quiet=quiet, highlight=False)
+
+
+def results_table(rows: list[dict], title: str = "results"):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("recipe", "method", "model", "dataset", "seed", "target", "sparsity", "final acc", "best acc",
+                "time (s)", "status"):
+        table.add_column(col, justify="right" if col not in ("recipe", "method", "model", "dataset", "status") else "left")
+    for r in rows:
+        fmt = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
+        table.add_row(str(r["recipe"]), str(r["method"]), str(r["model"]), str(r["dataset"]), str(r["seed"]),
+                      fmt(r["target_sparsity"], ".4f"), fmt(r["achieved_sparsity"], ".4f"), fmt(r["final_acc"], ".2f"),
+                      fmt(r["best_acc"], ".2f"), fmt(r["wall_time"], ".1f"), str(r.get("status", "")))
+    return table
+
+
+def cmd_run(args) -> int:
+    from .experiments import configs_from_recipe, run_experiment, store_for
+
+    configs = configs_from_recipe(args.recipe, args.overrides)  # every run validated before any starts
+    console = _console(args.quiet)
+    rows = []
+    for i, cfg in enumerate(configs, 1):
+        console.print(f"[bold]run {i}/{len(configs)}[/bold] {cfg.name}: method={cfg.method['name']} "
+                      f"model={cfg.model.name} data={cfg.data.name} seed={cfg.seed}")
+        rows.append(run_experiment(cfg, force=args.force, quiet=args.quiet, log=console.print))
+    if rows:
+        store = store_for(configs[0])
+        console.print(results_table(rows, title=f"{configs[0].name} ({len(rows)} runs; store: {store.path})"))
+    return 0
+
+
+def cmd_show(args) -> int:
+    from .experiments import configs_from_recipe
+
+    configs = configs_from_recipe(args.recipe, args.overrides)
+    docs = [c.model_dump(mode="json") for c in configs]
+    sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from . import data, models
+    from .experiments import recipe_names
+    from .methods import METHODS
+
+    if args.kind == "methods":
+        names = [f"{n:<14} {METHODS.meta(n).get('family', '')}" for n in METHODS.names()]
+    elif args.kind == "models":
+        names = [f"{n:<22} {models.info(n).get('source', '')}" for n in models.names()]
+    elif args.kind == "datasets":
+        names = list(data.names())
+    else:
+        names = recipe_names()
+    print("\n".join(names))
+    return 0
+
+
+def cmd_results(args) -> int:
+    from .experiments import ResultsStore
+
+    store = ResultsStore(args.store)
+    rows = store.rows("recipe = ?", (args.recipe,)) if args.recipe else store.rows()
+    if not rows:
+        print(f"no results in {store.path}")
+        return 0
+    _console().print(results_table(rows, title=str(store.path)))
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse's own convention too)
+        self.exit(2, f"prunekit: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="prunekit", description="Neural-network pruning across the training lifecycle.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    r = sub.add_parser("run", help="run a recipe (every grid combination), skipping finished runs")
+    r.add_argument("recipe", help="recipe name or YAML path")
+    r.add_argument("overrides", nargs="*", help="key=value settings, e.g. method.sparsity=0.9")
+    r.add_argument("--force", action="store_true", help="rerun finished runs")
+    r.add_argument("--quiet", "-q", action="store_true")
+    r.set_defaults(func=cmd_run)
+    s = sub.add_parser("show", help="print the resolved configuration of a recipe")
+    s.add_argument("recipe")
+    s.add_argument("overrides", nargs="*")
+    s.set_defaults(func=cmd_show)
+    ls = sub.add_parser("list", help="list registered methods, models, datasets or recipes")
+    ls.add_argument("kind", choices=["methods", "models", "datasets", "recipes"])
+    ls.set_defaults(func=cmd_list)
+    res = sub.add_parser("results", help="table of finished runs from the results store")
+    res.add_argument("--store", default="runs/results.sqlite")
+    res.add_argument("--recipe", default=None)
+    res.set_defaults(func=cmd_results)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PrunekitError as e:
+        print(f"prunekit: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("prunekit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,234 @@
+"""Running an experiment: resolve, build, chain the phases, write the run directory and the store.
+
+Phases by method schedule (``Pruner.schedule``):
+
+* ``none`` (dense): ``train``.
+* ``init`` (pruning at initialization): ``prune`` (``on_init``) → ``train``.
+* ``during`` (dynamic sparse training, gradual pruning): ``train`` with the method's hooks.
+* ``after`` (one-shot after training, OMP-style): ``pretrain`` (dense, cached and shared by every run
+  with the same model/data/train/seed, ``dense`` included) → ``prune`` → ``finetune``.
+
+Everything that can fail on user input (config, names, data files) is checked before the run directory
+is created. A finished run (``result.json`` present) is skipped unless ``force``.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from .. import data as pkdata
+from .. import models as pkmodels
+from ..errors import ConfigError, NumericError, PrunekitError
+from ..methods import METHODS, PruneContext, method_config
+from ..report.measure import count_flops, count_params
+from ..train import Trainer, TrainConfig, evaluate
+from ..utils.io import atomic_path, atomic_write_text
+from .config import ExperimentConfig, identity, pretrain_hash, run_hash
+from .store import ResultsStore
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but CUDA is not available here; allowed: cpu, auto")
+    return torch.device(name)
+
+
+def run_dir_for(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.output.root) / cfg.name / f"{cfg.method['name']}-{run_hash(cfg)}"
+
+
+def store_for(cfg: ExperimentConfig) -> ResultsStore:
+    return ResultsStore(cfg.output.store or Path(cfg.output.root) / "results.sqlite")
+
+
+class Built:
+    """Everything a run needs, built (and so validated) before anything is written."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        d = cfg.data
+        self.train_loader, self.test_loader, self.spec = pkdata.build_loaders(
+            d.name, root=d.root, batch_size=d.batch_size, test_batch_size=d.test_batch_size, seed=cfg.seed,
+            device=self.device, augment=d.augment, normalization=d.normalization, split=d.split,
+            drop_last=d.drop_last,
+        )
+        self.input_shape = tuple(self.spec.input_shape)
+        self.model = self.new_model()
+        self.method_cfg = method_config(cfg.method)
+        self.pruner = METHODS.get(self.method_cfg.name)(self.model, self.method_cfg)
+
+    def new_model(self) -> torch.nn.Module:
+        seed_everything(self.cfg.seed)
+        kwargs = dict(self.cfg.model.kwargs)
+        model = pkmodels.create(self.cfg.model.name, num_classes=self.spec.num_classes, **kwargs)
+        self._check_input(model)
+        return model.to(self.device)
+
+    def _check_input(self, model: torch.nn.Module) -> None:
+        try:
+            with torch.no_grad():
+                model.eval()
+                out = model(torch.zeros((2, *self.input_shape)))
+                model.train()
+        except RuntimeError as e:
+            raise ConfigError(
+                f"model {self.cfg.model.name!r} does not accept {self.cfg.data.name!r} inputs of shape "
+                f"{self.input_shape}: {str(e).splitlines()[0]}"
+            ) from None
+        if out.shape[-1] != self.spec.num_classes:
+            raise ConfigError(
+                f"model {self.cfg.model.name!r} outputs {out.shape[-1]} classes but {self.cfg.data.name!r} has "
+                f"{self.spec.num_classes}"
+            )
+
+
+def run_experiment(cfg: ExperimentConfig, force: bool = False, quiet: bool = False,
+                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or resume, or skip) one experiment; returns its results row."""
+    say = log or (lambda msg: None)
+    run_dir = run_dir_for(cfg)
+    result_file = run_dir / "result.json"
+    if result_file.exists() and not force:
+        say(f"[skip] {run_dir} is finished")
+        return json.loads(result_file.read_text())
+    built = Built(cfg)  # validates names, data files and shapes before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    store = store_for(cfg)
+    try:
+        row, extra = _run_phases(cfg, built, run_dir, quiet, say)
+    except NumericError as e:
+        store.record(_row(cfg, built, run_dir, status="failed", error=str(e)))
+        raise
+    store.record(row)
+    row = {**row, **extra}
+    atomic_write_text(result_file, json.dumps(row, indent=2, default=str))
+    return row
+
+
+def _trainer(cfg: ExperimentConfig, built: Built, train_cfg: TrainConfig, pruner, phase: str, directory: Path,
+             quiet: bool, say: Callable[[str], None]) -> Trainer:
+    def log(rec: dict) -> None:
+        sp = f" sparsity {rec['sparsity']:.4f}" if "sparsity" in rec else ""
+        say(f"[{phase}] step {rec['step']} epoch {rec['epoch']:.2f} loss {rec['train_loss']:.4f} "
+            f"test acc {rec['test_acc']:.2f}{sp}")
+
+    return Trainer(built.model, built.train_loader, built.test_loader, train_cfg, pruner=pruner, device=built.device,
+                   phase=phase, checkpoint_path=directory / f"checkpoint-{phase}.pt",
+                   metrics_path=directory / f"metrics-{phase}.jsonl", log=None if quiet else log)
+
+
+def _pretrain(cfg: ExperimentConfig, built: Built, quiet: bool, say) -> dict[str, Any]:
+    """Dense training, cached under ``<root>/_pretrained/<hash>`` and shared between runs."""
+    directory = Path(cfg.output.root) / "_pretrained" / pretrain_hash(cfg)
+    weights = directory / "model.safetensors"
+    summary_file = directory / "summary.json"
+    if weights.exists() and summary_file.exists():
+        built.model.load_state_dict(load_file(str(weights), device=str(built.device)))
+        say(f"[pretrain] reusing {directory}")
+        return json.loads(summary_file.read_text())
+    directory.mkdir(parents=True, exist_ok=True)
+    summary = _trainer(cfg, built, cfg.train, None, "pretrain", directory, quiet, say).fit()
+    with atomic_path(weights) as tmp:
+        save_file({k: v.contiguous().cpu() for k, v in built.model.state_dict().items()}, str(tmp))
+    atomic_write_text(summary_file, json.dumps(summary))
+    return summary
+
+
+def _context(built: Built) -> PruneContext:
+    n, unit = built.cfg.train.length
+    spe = len(built.train_loader)
+    return PruneContext(batches=built.train_loader, loss_fn=torch.nn.functional.cross_entropy, device=built.device,
+                        total_steps=n * spe if unit == "ep" else n, steps_per_epoch=spe)
+
+
+def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, quiet: bool, say) -> tuple[dict, dict]:
+    pruner = built.pruner
+    schedule = pruner.schedule
+    extra: dict[str, Any] = {}
+    wall = 0.0
+    if schedule == "none":
+        summary = _pretrain(cfg, built, quiet, say)
+        wall = summary["wall_time"]
+    elif schedule == "after":
+        pre = _pretrain(cfg, built, quiet, say)
+        extra["pretrain_acc"] = pre["final_acc"]
+        finetune_cfg = cfg.finetune or cfg.train
+        ckpt = run_dir / "checkpoint-finetune.pt"
+        if not ckpt.exists():
+            t0 = time.perf_counter()
+            pruner.prune(_context(built))
+            extra["prune_time"] = time.perf_counter() - t0
+            extra["pruned_acc"] = evaluate(built.model, built.test_loader)["acc"]
+            atomic_write_text(run_dir / "prune.json", json.dumps(extra))
+        else:
+            extra.update(json.loads((run_dir / "prune.json").read_text()))
+        summary = _trainer(cfg, built, finetune_cfg, pruner, "finetune", run_dir, quiet, say).fit()
+        wall = pre["wall_time"] + extra.get("prune_time", 0.0) + summary["wall_time"]
+    else:
+        ckpt = run_dir / "checkpoint-train.pt"
+        if schedule == "init" and not ckpt.exists():
+            t0 = time.perf_counter()
+            pruner.on_init(_context(built))
+            extra["prune_time"] = time.perf_counter() - t0
+            atomic_write_text(run_dir / "prune.json", json.dumps(extra))
+        elif schedule == "init":
+            extra.update(json.loads((run_dir / "prune.json").read_text()))
+        summary = _trainer(cfg, built, cfg.train, pruner, "train", run_dir, quiet, say).fit()
+        wall = extra.get("prune_time", 0.0) + summary["wall_time"]
+    if schedule != "none":
+        pruner.masks.save(run_dir / "masks.safetensors")
+    if cfg.output.save_model:
+        with atomic_path(run_dir / "model.safetensors") as tmp:
+            save_file({k: v.contiguous().cpu() for k, v in built.model.state_dict().items()}, str(tmp))
+    return _row(cfg, built, run_dir, status="finished", summary=summary, wall=wall), extra
+
+
+def _row(cfg: ExperimentConfig, built: Built, run_dir: Path, status: str, summary: dict | None = None,
+         wall: float = 0.0, error: str | None = None) -> dict[str, Any]:
+    masks = built.pruner.masks if built.pruner.schedule != "none" else None
+    params = count_params(built.model, masks)
+    flops = count_flops(built.model, built.input_shape, masks, device=built.device)
+    summary = summary or {}
+    row = {
+        "run_id": run_hash(cfg),
+        "recipe": cfg.name,
+        "method": cfg.method["name"],
+        "model": cfg.model.name,
+        "dataset": cfg.data.name,
+        "seed": cfg.seed,
+        "target_sparsity": float(cfg.method.get("sparsity", 0.0)),
+        "achieved_sparsity": masks.sparsity() if masks is not None else 0.0,
+        "final_acc": summary.get("final_acc"),
+        "best_acc": summary.get("best_acc"),
+        "wall_time": wall,
+        "params": params["params"],
+        "nonzero_params": params["nonzero"],
+        "flops": flops["flops"],
+        "sparse_flops": flops["sparse_flops"],
+        "status": status,
+        "error": error,
+        "run_dir": str(run_dir),
+        "config": identity(cfg),
+    }
+    return row
+
+
+__all__ = ["PrunekitError", "run_experiment", "run_dir_for", "store_for"]

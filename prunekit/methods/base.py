@@ -1,0 +1,167 @@
+"""The Pruner base class: masks plus lifecycle hooks.
+
+A method is a small class that wires a scorer, an allocator, a selector and a schedule together and
+implements whichever hooks it needs. The built-in trainer calls them in this order, and a user's own
+training loop can call :meth:`Pruner.step` after ``optimizer.step()`` (or use :meth:`Pruner.wrap`):
+
+``on_init`` (before training: pruning at initialization) → per step: ``before_step`` →
+``after_backward`` (dense gradients visible) → ``after_optimizer_step`` (default: enforce masks) →
+``on_epoch_end`` → ``on_train_end``.
+
+Hook arguments are plain ints (step/epoch) and a :class:`PruneContext` that exposes the data and
+the optimizer when a method needs them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable, Iterator
+
+import torch
+from pydantic import BaseModel, ConfigDict, field_validator
+from torch import nn
+
+from ..errors import ConfigError
+from ..sparsity import MaskSet, check_sparsity, mask_optimizer_state_
+from ..sparsity.optim_state import check_policy
+
+
+class MethodConfig(BaseModel):
+    """Settings every method accepts. Subclasses add their own fields; unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    sparsity: float = 0.0
+    targets: str | dict[str, Any] = "default"
+    optimizer_state: str | None = None  # None: the method's own default
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity_in_range(cls, v: float) -> float:
+        if not 0.0 <= v < 1.0:  # also rejects NaN
+            raise ValueError("allowed: a float in [0, 1)")
+        return v
+
+    @field_validator("optimizer_state")
+    @classmethod
+    def _known_policy(cls, v: str | None) -> str | None:
+        return v if v is None else check_policy(v)
+
+
+@dataclass
+class PruneContext:
+    """What a hook may need besides the model: batches for data-driven scores, the optimizer, the
+    loss function, the device, and the total number of optimizer steps of the phase."""
+
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    loss_fn: Any = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    total_steps: int = 0
+    steps_per_epoch: int = 0
+
+
+class Pruner:
+    """Base class of every method. ``Config`` is its pydantic settings model.
+
+    ``schedule`` says when the experiment runner prunes: ``"init"`` (before training), ``"after"``
+    (after dense pretraining, then fine-tune), ``"during"`` (the hooks do it while training) or
+    ``"none"`` (dense).
+    """
+
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    default_optimizer_state: ClassVar[str] = "keep"
+    name: ClassVar[str] = "base"
+
+    def __init__(self, model: nn.Module, config: MethodConfig):
+        self.model = model
+        self.config = config
+        self.masks = MaskSet.from_model(model, config.targets)
+        self.optimizer_state = check_policy(config.optimizer_state or self.default_optimizer_state)
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    # --- scheduling ----------------------------------------------------------------------------
+    @property
+    def schedule(self) -> str:
+        return "during"
+
+    # --- hooks (no-ops unless a method needs them) ----------------------------------------------
+    def on_init(self, ctx: PruneContext) -> None:
+        """Before any training step: pruning-at-initialization methods set the masks here."""
+
+    def before_step(self, step: int) -> None:
+        pass
+
+    def after_backward(self, step: int) -> None:
+        pass
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Default: enforce the masks on the weights (and optimizer state, per policy)."""
+        self.enforce()
+
+    def on_epoch_end(self, epoch: int) -> None:
+        pass
+
+    def on_train_end(self) -> None:
+        pass
+
+    def prune(self, ctx: PruneContext | None = None) -> MaskSet:
+        """Prune now (one-shot methods) and return the masks. Default: nothing to do."""
+        return self.masks
+
+    # --- enforcement ---------------------------------------------------------------------------
+    def enforce(self) -> None:
+        self.masks.apply_()
+        if self.optimizer is not None and self.optimizer_state != "keep":
+            mask_optimizer_state_(self.optimizer, self.masks)
+
+    def step(self) -> None:
+        """Call after ``optimizer.step()`` in your own loop: runs the post-step hook."""
+        self._user_step = getattr(self, "_user_step", 0) + 1
+        self.after_optimizer_step(self._user_step)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def wrap(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """Return ``optimizer`` with ``step()`` patched to run the hooks around the update."""
+        self.attach(optimizer)
+        inner_step = optimizer.step
+        pruner = self
+
+        def step(*args, **kwargs):
+            pruner._user_step = getattr(pruner, "_user_step", 0) + 1
+            pruner.after_backward(pruner._user_step)
+            out = inner_step(*args, **kwargs)
+            pruner.after_optimizer_step(pruner._user_step)
+            return out
+
+        optimizer.step = step  # type: ignore[method-assign]
+        return optimizer
+
+    # --- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Masks plus method state (tensors and plain values only, loadable with weights_only)."""
+        return {"masks": self.masks.state_dict(), "user_step": getattr(self, "_user_step", 0)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.masks.load_state_dict(state["masks"], source="checkpoint")
+        self._user_step = int(state.get("user_step", 0))
+
+    def report(self) -> str:
+        return self.masks.summary_table()
+
+    def target_sparsity(self) -> float:
+        return check_sparsity(self.config.sparsity)
+
+
+def iterate_limited(batches: Iterable, n: int) -> Iterator:
+    for i, b in enumerate(batches):
+        if i >= n:
+            return
+        yield b
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)

@@ -1,0 +1,101 @@
+"""Baselines every paper uses: dense training, random pruning and magnitude pruning.
+
+* ``dense`` — no pruning (the reference accuracy of every table).
+* ``random`` — random masks at initialization with uniform or ERK per-layer budgets (the "random" and
+  "random-ERK" PaI baselines: Liu et al. 2022, "The unreasonable effectiveness of random pruning";
+  ERK from Evci et al. 2020). Exact per-layer counts by default; ``bernoulli=True`` samples each weight
+  independently as GraNet's ``Masking.init`` does (density only approximately met).
+* ``magnitude`` — keep the largest |w|: at initialization, or after training followed by fine-tuning
+  (one-shot magnitude pruning, OMP: Han et al. 2015; the OMP baseline of BiP and LTH papers). Global
+  (one threshold, the open_lth/BiP default) or per-layer budgets (uniform, ERK).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from ..sparsity import allocate, masks_from_scores
+from .base import MethodConfig, PruneContext, Pruner
+from .registry import METHODS
+
+
+@METHODS.register("dense", family="baseline", when="none")
+class Dense(Pruner):
+    """No pruning: masks stay all-ones."""
+
+    name = "dense"
+
+    @property
+    def schedule(self) -> str:
+        return "none"
+
+    def after_optimizer_step(self, step: int) -> None:
+        pass  # nothing is masked
+
+
+class RandomConfig(MethodConfig):
+    allocation: Literal["uniform", "erk", "er"] = "uniform"
+    bernoulli: bool = False
+    seed: int | None = None  # None: the experiment seed / the global RNG
+
+
+@METHODS.register("random", family="pai", when="init")
+class RandomPruning(Pruner):
+    """Random masks at initialization with per-layer budgets (uniform, ERK or ER)."""
+
+    Config = RandomConfig
+    name = "random"
+    config: RandomConfig
+
+    @property
+    def schedule(self) -> str:
+        return "init"
+
+    def on_init(self, ctx: PruneContext | None = None) -> None:
+        self.prune(ctx)
+
+    def prune(self, ctx: PruneContext | None = None):
+        cfg = self.config
+        gen = torch.Generator()
+        gen.manual_seed(cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+        params = dict(zip(self.masks.names(), self.masks.params))
+        if cfg.bernoulli:
+            shapes = {n: tuple(p.shape) for n, p in params.items()}
+            sparsities = allocate(cfg.allocation, shapes, self.target_sparsity())
+            new = {n: torch.rand(p.shape, generator=gen) < 1.0 - sparsities[n] for n, p in params.items()}
+        else:
+            scores = {n: torch.rand(p.shape, generator=gen) for n, p in params.items()}
+            new = masks_from_scores(scores, self.target_sparsity(), cfg.allocation)
+        self.masks.update_(new)
+        self.enforce()
+        return self.masks
+
+
+class MagnitudeConfig(MethodConfig):
+    allocation: Literal["global", "uniform", "erk", "er"] = "global"
+    when: Literal["init", "after"] = "after"
+
+
+@METHODS.register("magnitude", family="post-training", when="after")
+class MagnitudePruning(Pruner):
+    """Keep the largest-magnitude weights; ``when="after"`` + fine-tune is OMP."""
+
+    Config = MagnitudeConfig
+    name = "magnitude"
+    config: MagnitudeConfig
+
+    @property
+    def schedule(self) -> str:
+        return self.config.when
+
+    def on_init(self, ctx: PruneContext | None = None) -> None:
+        if self.config.when == "init":
+            self.prune(ctx)
+
+    def prune(self, ctx: PruneContext | None = None):
+        scores = {n: p.detach().abs() for n, p in zip(self.masks.names(), self.masks.params)}
+        # already-pruned weights stay pruned (they are zero, so they rank last anyway)
+        self.masks.update_(masks_from_scores(scores, self.target_sparsity(), self.config.allocation))
+        self.enforce()
+        return self.masks

@@ -1,0 +1,52 @@
+"""Optimizers and per-step LR schedules built from a :class:`TrainConfig`.
+
+Every schedule is a ``LambdaLR`` stepped once per optimizer step, so its state is just a step count
+(checkpoint/resume is exact). Per-epoch schedules change value only at epoch boundaries, which is what
+stepping a per-epoch scheduler does in the references.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+
+from .config import TrainConfig
+
+
+def build_optimizer(cfg: TrainConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    params = list(params)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def lr_factor_fn(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
+    """``factor(step)`` multiplying the base LR after ``step`` optimizer steps."""
+    spe = max(1, steps_per_epoch)
+    epochs = max(1, math.ceil(total_steps / spe))
+    if cfg.schedule == "constant":
+        return lambda step: 1.0
+    if cfg.schedule == "multistep":
+        milestones = sorted(cfg.milestones)
+        return lambda step: cfg.gamma ** sum(step // spe >= m for m in milestones)
+    if cfg.schedule == "cosine":
+        return lambda step: 0.5 * (1.0 + math.cos(math.pi * (step // spe) / epochs))
+    if cfg.schedule == "cosine_bip":
+        return lambda step: 0.5 * (1.0 + math.cos(math.pi * (step // spe - 1) / epochs))
+    warmup = cfg.warmup_steps
+
+    def warmup_cosine(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return warmup_cosine
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor_fn(cfg, steps_per_epoch, total_steps))

@@ -1,0 +1,248 @@
+"""The training loop: plain PyTorch with named hook points, exact resume, no host sync per step.
+
+``Trainer.fit`` runs one phase (train, fine-tune, retrain ...). Time is counted in optimizer steps; the
+phase is cut into *segments* (an epoch, or ``eval_every`` steps) that end with an evaluation, a metrics
+line and an atomic checkpoint. A killed run resumes at its last segment boundary and, on CPU, finishes
+bit-identically to an uninterrupted one: loaders derive their shuffling/augmentation from (seed, epoch)
+or (seed, step), and RNG states travel in the checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import NumericError
+from ..utils.io import atomic_write_text
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .evaluate import evaluate
+from .optim import build_optimizer, build_scheduler
+
+
+class Trainer:
+    """Runs one training phase of ``model`` with an optional pruner's hooks.
+
+    ``checkpoint_path`` / ``metrics_path``: where segment checkpoints and metric lines go (None: kept in
+    memory only). ``progress(step, total)`` is called every few steps for progress bars.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_loader,
+        test_loader,
+        cfg: TrainConfig,
+        pruner=None,
+        device: torch.device | str = "cpu",
+        phase: str = "train",
+        checkpoint_path: str | os.PathLike | None = None,
+        metrics_path: str | os.PathLike | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        log: Callable[[dict], None] | None = None,
+    ):
+        self.model = model
+        self.train_loader = train_loader
+        self.test_loader = test_loader
+        self.cfg = cfg
+        self.pruner = pruner
+        self.device = torch.device(device)
+        self.phase = phase
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.metrics_path = Path(metrics_path) if metrics_path else None
+        self.progress = progress
+        self.log = log
+        self.steps_per_epoch = len(train_loader)
+        n, unit = cfg.length
+        self.total_steps = n * self.steps_per_epoch if unit == "ep" else n
+        self.optimizer = build_optimizer(cfg, model.parameters())
+        self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch, self.total_steps)
+        if pruner is not None:
+            pruner.attach(self.optimizer)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(model) if cfg.compile else model
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" and self.device.type == "cuda" else None
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.wall_time = 0.0
+
+    # --- segments ------------------------------------------------------------------------------
+    def boundaries(self) -> list[int]:
+        """Optimizer-step counts at which a segment ends (evaluate, log, checkpoint)."""
+        every = self.cfg.eval_every
+        if every is None:
+            n, unit = self.cfg.length
+            every = self.steps_per_epoch if unit == "ep" else max(1, math.ceil(self.total_steps / 10))
+        return sorted(set(list(range(every, self.total_steps, every)) + [self.total_steps]))
+
+    def _autocast(self):
+        if self.cfg.amp == "off":
+            return None
+        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
+        return lambda: torch.autocast(self.device.type, dtype=dtype)
+
+    def _batches(self, start: int, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.cfg.random_batches:
+            yield from self.train_loader.random_batches(count, start_step=start)
+            return
+        spe = self.steps_per_epoch
+        produced = 0
+        epoch, skip = divmod(start, spe)
+        while produced < count:
+            if hasattr(self.train_loader, "set_epoch"):
+                self.train_loader.set_epoch(epoch)
+            for i, batch in enumerate(self.train_loader):
+                if i < skip:
+                    continue
+                yield batch
+                produced += 1
+                if produced == count:
+                    return
+            epoch, skip = epoch + 1, 0
+
+    # --- the loop ------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train to the end of the phase (resuming from ``checkpoint_path`` if it exists)."""
+        if self.checkpoint_path is not None and self.checkpoint_path.exists():
+            self._resume(load_checkpoint(self.checkpoint_path, map_location=self.device))
+        self.model.train()
+        autocast = self._autocast()
+        channels_last = self.cfg.channels_last
+        pruner = self.pruner
+        custom_step = getattr(pruner, "train_step", None)
+        for end in self.boundaries():
+            if end <= self.step:
+                continue
+            t0 = time.perf_counter()
+            start = self.step
+            loss_sum = torch.zeros((), device=self.device)
+            bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+            for x, y in self._batches(start, end - start):
+                self.step += 1
+                step = self.step
+                if channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                if custom_step is not None:
+                    loss = custom_step(x, y, self.optimizer, step)
+                else:
+                    loss = self._train_step(x, y, step, autocast)
+                self.scheduler.step()
+                loss = loss.detach().float()
+                loss_sum += loss
+                # remember the first non-finite step without a host sync
+                bad_step = torch.where((~torch.isfinite(loss)) & (bad_step < 0), step, bad_step)
+                if pruner is not None and step % self.steps_per_epoch == 0:
+                    pruner.on_epoch_end(step // self.steps_per_epoch - 1)
+                if self.progress is not None and (step % 10 == 0 or step == end):
+                    self.progress(step, self.total_steps)
+            self.wall_time += time.perf_counter() - t0
+            self._end_segment(start, loss_sum, bad_step, autocast)
+        if pruner is not None:
+            pruner.on_train_end()
+        return self.summary()
+
+    def _train_step(self, x, y, step: int, autocast) -> torch.Tensor:
+        pruner = self.pruner
+        if pruner is not None:
+            pruner.before_step(step)
+        if autocast is not None:
+            with autocast():
+                out = self.forward(x)
+        else:
+            out = self.forward(x)
+        loss = F.cross_entropy(out.float(), y, label_smoothing=self.cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if pruner is not None:
+            pruner.after_backward(step)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if pruner is not None:
+            pruner.after_optimizer_step(step)
+        return loss
+
+    def _end_segment(self, start: int, loss_sum: torch.Tensor, bad_step: torch.Tensor, autocast) -> None:
+        bad = int(bad_step)
+        if bad >= 0:
+            raise NumericError(
+                f"{self.phase}: non-finite training loss at step {bad}; the last good checkpoint is kept"
+            )
+        ev = evaluate(self.model, self.test_loader, self.cfg.channels_last, autocast)
+        if not math.isfinite(ev["loss"]):
+            raise NumericError(f"{self.phase}: non-finite test loss after step {self.step}; the last good checkpoint is kept")
+        record = {
+            "phase": self.phase,
+            "step": self.step,
+            "epoch": round(self.step / self.steps_per_epoch, 4),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": float(loss_sum) / max(1, self.step - start),
+            "test_acc": ev["acc"],
+            "test_loss": ev["loss"],
+        }
+        if self.pruner is not None and self.pruner.schedule != "none":
+            record["sparsity"] = self.pruner.masks.sparsity()
+        self.history.append(record)
+        if self.checkpoint_path is not None:
+            save_checkpoint(self.checkpoint_path, self.state_dict())
+        if self.metrics_path is not None:
+            self._write_metrics()
+        if self.log is not None:
+            self.log(record)
+
+    def _write_metrics(self) -> None:
+        # rewritten whole (atomically) so a resumed run never duplicates or loses lines
+        lines = [json.dumps(r) for r in self.history]
+        atomic_write_text(self.metrics_path, "\n".join(lines) + "\n")
+
+    # --- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "step": self.step,
+            "wall_time": self.wall_time,
+            "history": self.history,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "pruner": self.pruner.state_dict() if self.pruner is not None else None,
+            "rng": rng_state(),
+        }
+
+    def _resume(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.pruner is not None and state.get("pruner") is not None:
+            self.pruner.load_state_dict(state["pruner"])
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.wall_time = float(state.get("wall_time", 0.0))
+        self.history = list(state["history"])
+        if self.metrics_path is not None:
+            self._write_metrics()
+
+    def summary(self) -> dict[str, Any]:
+        accs = [r["test_acc"] for r in self.history]
+        return {
+            "final_acc": accs[-1] if accs else float("nan"),
+            "best_acc": max(accs) if accs else float("nan"),
+            "steps": self.step,
+            "wall_time": self.wall_time,
+        }
+
+

@@ -1,0 +1,37 @@
+"""Turning pydantic validation errors into one-line ConfigErrors with suggestions."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ValidationError
+
+from ..errors import ConfigError
+from ..registry import suggest
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names allowed at ``loc`` (walking nested pydantic models)."""
+    current: type[BaseModel] | None = model
+    for part in loc[:-1]:
+        if current is None or not isinstance(part, str) or part not in current.model_fields:
+            return []
+        ann = current.model_fields[part].annotation
+        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if current is None:
+            for arg in getattr(ann, "__args__", ()):
+                if isinstance(arg, type) and issubclass(arg, BaseModel):
+                    current = arg
+    return list(current.model_fields) if current is not None else []
+
+
+def config_error_from(err: ValidationError, model: type[BaseModel], prefix: str = "") -> ConfigError:
+    """The first validation error as ``field: problem (did you mean ...)``."""
+    first = err.errors()[0]
+    loc = tuple(first["loc"])
+    field = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc)
+    if first["type"] == "extra_forbidden":
+        allowed = _fields_at(model, loc)
+        return ConfigError(
+            f"unknown key {field!r}{suggest(str(loc[-1]), allowed)}; allowed: {', '.join(allowed)}"
+        )
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f"={value!r}"
+    return ConfigError(f"{field}{shown}: {first['msg'].removeprefix('Value error, ')}")
