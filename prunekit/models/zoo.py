@@ -43,10 +43,12 @@ def create(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Modul
     """Build model ``name`` with ``num_classes`` outputs (``None``: the model's default).
 
     Options other than ``num_classes`` are model specific (``info(name)["options"]``); an unknown one
-    raises :class:`~prunekit.errors.ConfigError` naming it and the allowed ones.
+    raises :class:`~prunekit.errors.ConfigError` naming it and the allowed ones. An option given as
+    ``None`` takes the model's default, so a config can pass ``in_channels: null`` to any model.
     """
     builder = MODELS.get(name)
     allowed = options(name)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     for key in kwargs:
         if key not in allowed:
             raise ConfigError(
@@ -57,7 +59,7 @@ def create(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Modul
         num_classes = MODELS.meta(name)["num_classes"]
     check_positive_int(f"{name}: num_classes", num_classes)
     for key in _POSITIVE_INT_OPTIONS:
-        if kwargs.get(key) is not None:
+        if key in kwargs:
             check_positive_int(f"{name}: {key}", kwargs[key])
     return builder(num_classes=num_classes, **kwargs)
 
