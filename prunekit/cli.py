@@ -5,6 +5,7 @@ User mistakes print one line (``prunekit: error: ...``) and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Sequence
 
@@ -16,37 +17,58 @@ from .errors import PrunekitError
 def _console(quiet: bool = False):
     from rich.console import Console
 
-    return Console(quiet=quiet, highlight=False)
+    return Console(quiet=quiet, highlight=False, width=max(120, Console().width))
 
 
-def results_table(rows: list[dict], title: str = "results"):
+def method_label(row: dict) -> str:
+    """``magnitude (when=after, allocation=uniform)`` from a result row's stored method settings."""
+    cfg = row.get("config")
+    if isinstance(cfg, str):
+        cfg = json.loads(cfg)
+    settings = (cfg or {}).get("method", {})
+    extra = [f"{k}={v}" for k, v in settings.items() if k not in ("name", "sparsity")]
+    return f"{row['method']} ({', '.join(extra)})" if extra else str(row["method"])
+
+
+def results_table(rows: list[dict], title: str = "results", context: bool = True):
+    """A rich table of result rows; ``context=False`` drops recipe/model/dataset (given in the title)."""
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("recipe", "method", "model", "dataset", "seed", "target", "sparsity", "final acc", "best acc",
-                "time (s)", "status"):
-        table.add_column(col, justify="right" if col not in ("recipe", "method", "model", "dataset", "status") else "left")
+    columns = (["recipe", "model", "dataset"] if context else []) + [
+        "method", "seed", "sparsity", "final acc", "best acc", "time (s)", "status"]
+    for col in columns:
+        numeric = col in ("seed", "sparsity", "final acc", "best acc", "time (s)")
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=numeric)
+
+    def fmt(v, f):
+        return "—" if v is None else format(v, f)
+
     for r in rows:
-        fmt = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
-        table.add_row(str(r["recipe"]), str(r["method"]), str(r["model"]), str(r["dataset"]), str(r["seed"]),
-                      fmt(r["target_sparsity"], ".4f"), fmt(r["achieved_sparsity"], ".4f"), fmt(r["final_acc"], ".2f"),
-                      fmt(r["best_acc"], ".2f"), fmt(r["wall_time"], ".1f"), str(r.get("status", "")))
+        cells = [str(r["recipe"]), str(r["model"]), str(r["dataset"])] if context else []
+        cells += [method_label(r), str(r["seed"]), fmt(r["achieved_sparsity"], ".4f"), fmt(r["final_acc"], ".2f"),
+                  fmt(r["best_acc"], ".2f"), fmt(r["wall_time"], ".1f"), str(r.get("status", ""))]
+        table.add_row(*cells)
     return table
 
 
 def cmd_run(args) -> int:
     from .experiments import configs_from_recipe, run_experiment, store_for
+    from .experiments.progress import Reporter, RichReporter
 
     configs = configs_from_recipe(args.recipe, args.overrides)  # every run validated before any starts
-    console = _console(args.quiet)
+    console = _console()
+    reporter = Reporter() if args.quiet else RichReporter(console, verbose=args.verbose)
     rows = []
     for i, cfg in enumerate(configs, 1):
-        console.print(f"[bold]run {i}/{len(configs)}[/bold] {cfg.name}: method={cfg.method['name']} "
-                      f"model={cfg.model.name} data={cfg.data.name} seed={cfg.seed}")
-        rows.append(run_experiment(cfg, force=args.force, quiet=args.quiet, log=console.print))
-    if rows:
-        store = store_for(configs[0])
-        console.print(results_table(rows, title=f"{configs[0].name} ({len(rows)} runs; store: {store.path})"))
+        if not args.quiet:
+            console.print(f"run {i}/{len(configs)} {cfg.name}: method={cfg.method} model={cfg.model.name} "
+                          f"data={cfg.data.name} seed={cfg.seed}", markup=False)
+        rows.append(run_experiment(cfg, force=args.force, reporter=reporter))
+    store = store_for(configs[0])
+    first = configs[0]
+    title = f"{first.name}: {first.model.name} on {first.data.name}, {len(rows)} runs (store: {store.path})"
+    console.print(results_table(rows, title=title, context=False))
     return 0
 
 
@@ -69,7 +91,7 @@ def cmd_list(args) -> int:
     elif args.kind == "models":
         names = [f"{n:<22} {models.info(n).get('source', '')}" for n in models.names()]
     elif args.kind == "datasets":
-        names = list(data.names())
+        names = [f"{n:<16} {data.get_spec(n).description}" for n in data.DATASETS.names()]
     else:
         names = recipe_names()
     print("\n".join(names))
@@ -100,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("recipe", help="recipe name or YAML path")
     r.add_argument("overrides", nargs="*", help="key=value settings, e.g. method.sparsity=0.9")
     r.add_argument("--force", action="store_true", help="rerun finished runs")
-    r.add_argument("--quiet", "-q", action="store_true")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress output, only the final table")
+    r.add_argument("--verbose", "-v", action="store_true", help="print every evaluation")
     r.set_defaults(func=cmd_run)
     s = sub.add_parser("show", help="print the resolved configuration of a recipe")
     s.add_argument("recipe")

@@ -27,7 +27,7 @@ class ModelSpec(BaseModel):
 
 class DataSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = "digits"
+    name: str = "sklearn_digits"
     root: str | None = None
     batch_size: int = Field(128, gt=0)
     test_batch_size: int = Field(1000, gt=0)

@@ -17,7 +17,7 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from ..report.measure import count_flops, count_params
 from ..train import Trainer, TrainConfig, evaluate
 from ..utils.io import atomic_path, atomic_write_text
 from .config import ExperimentConfig, identity, pretrain_hash, run_hash
+from .progress import Reporter
 from .store import ResultsStore
 
 
@@ -69,7 +70,7 @@ class Built:
             device=self.device, augment=d.augment, normalization=d.normalization, split=d.split,
             drop_last=d.drop_last,
         )
-        self.input_shape = tuple(self.spec.input_shape)
+        self.input_shape = (self.spec.channels, *self.spec.image_size)
         self.model = self.new_model()
         self.method_cfg = method_config(cfg.method)
         self.pruner = METHODS.get(self.method_cfg.name)(self.model, self.method_cfg)
@@ -77,6 +78,12 @@ class Built:
     def new_model(self) -> torch.nn.Module:
         seed_everything(self.cfg.seed)
         kwargs = dict(self.cfg.model.kwargs)
+        # the dataset decides the input geometry unless the recipe says otherwise
+        allowed = pkmodels.options(self.cfg.model.name)
+        if "in_channels" in allowed:
+            kwargs.setdefault("in_channels", self.spec.channels)
+        if "input_size" in allowed:
+            kwargs.setdefault("input_size", self.spec.image_size[0])
         model = pkmodels.create(self.cfg.model.name, num_classes=self.spec.num_classes, **kwargs)
         self._check_input(model)
         return model.to(self.device)
@@ -99,21 +106,20 @@ class Built:
             )
 
 
-def run_experiment(cfg: ExperimentConfig, force: bool = False, quiet: bool = False,
-                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_experiment(cfg: ExperimentConfig, force: bool = False, reporter: Reporter | None = None) -> dict[str, Any]:
     """Run (or resume, or skip) one experiment; returns its results row."""
-    say = log or (lambda msg: None)
+    rep = reporter or Reporter()
     run_dir = run_dir_for(cfg)
     result_file = run_dir / "result.json"
     if result_file.exists() and not force:
-        say(f"[skip] {run_dir} is finished")
+        rep.message(f"  finished already: {run_dir} (use --force to rerun)")
         return json.loads(result_file.read_text())
     built = Built(cfg)  # validates names, data files and shapes before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     store = store_for(cfg)
     try:
-        row, extra = _run_phases(cfg, built, run_dir, quiet, say)
+        row, extra = _run_phases(cfg, built, run_dir, rep)
     except NumericError as e:
         store.record(_row(cfg, built, run_dir, status="failed", error=str(e)))
         raise
@@ -123,29 +129,27 @@ def run_experiment(cfg: ExperimentConfig, force: bool = False, quiet: bool = Fal
     return row
 
 
-def _trainer(cfg: ExperimentConfig, built: Built, train_cfg: TrainConfig, pruner, phase: str, directory: Path,
-             quiet: bool, say: Callable[[str], None]) -> Trainer:
-    def log(rec: dict) -> None:
-        sp = f" sparsity {rec['sparsity']:.4f}" if "sparsity" in rec else ""
-        say(f"[{phase}] step {rec['step']} epoch {rec['epoch']:.2f} loss {rec['train_loss']:.4f} "
-            f"test acc {rec['test_acc']:.2f}{sp}")
-
-    return Trainer(built.model, built.train_loader, built.test_loader, train_cfg, pruner=pruner, device=built.device,
-                   phase=phase, checkpoint_path=directory / f"checkpoint-{phase}.pt",
-                   metrics_path=directory / f"metrics-{phase}.jsonl", log=None if quiet else log)
+def _fit(built: Built, train_cfg: TrainConfig, pruner, phase: str, directory: Path, rep: Reporter) -> dict[str, Any]:
+    trainer = Trainer(built.model, built.train_loader, built.test_loader, train_cfg, pruner=pruner,
+                      device=built.device, phase=phase, checkpoint_path=directory / f"checkpoint-{phase}.pt",
+                      metrics_path=directory / f"metrics-{phase}.jsonl", progress=rep.progress, log=rep.evaluation)
+    rep.phase_start(phase, trainer.total_steps)
+    summary = trainer.fit()
+    rep.phase_end(phase, summary)
+    return summary
 
 
-def _pretrain(cfg: ExperimentConfig, built: Built, quiet: bool, say) -> dict[str, Any]:
+def _pretrain(cfg: ExperimentConfig, built: Built, rep: Reporter) -> dict[str, Any]:
     """Dense training, cached under ``<root>/_pretrained/<hash>`` and shared between runs."""
     directory = Path(cfg.output.root) / "_pretrained" / pretrain_hash(cfg)
     weights = directory / "model.safetensors"
     summary_file = directory / "summary.json"
     if weights.exists() and summary_file.exists():
         built.model.load_state_dict(load_file(str(weights), device=str(built.device)))
-        say(f"[pretrain] reusing {directory}")
+        rep.message(f"  pretrain: reusing {directory}")
         return json.loads(summary_file.read_text())
     directory.mkdir(parents=True, exist_ok=True)
-    summary = _trainer(cfg, built, cfg.train, None, "pretrain", directory, quiet, say).fit()
+    summary = _fit(built, cfg.train, None, "pretrain", directory, rep)
     with atomic_path(weights) as tmp:
         save_file({k: v.contiguous().cpu() for k, v in built.model.state_dict().items()}, str(tmp))
     atomic_write_text(summary_file, json.dumps(summary))
@@ -159,16 +163,16 @@ def _context(built: Built) -> PruneContext:
                         total_steps=n * spe if unit == "ep" else n, steps_per_epoch=spe)
 
 
-def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, quiet: bool, say) -> tuple[dict, dict]:
+def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporter) -> tuple[dict, dict]:
     pruner = built.pruner
     schedule = pruner.schedule
     extra: dict[str, Any] = {}
     wall = 0.0
     if schedule == "none":
-        summary = _pretrain(cfg, built, quiet, say)
+        summary = _pretrain(cfg, built, rep)
         wall = summary["wall_time"]
     elif schedule == "after":
-        pre = _pretrain(cfg, built, quiet, say)
+        pre = _pretrain(cfg, built, rep)
         extra["pretrain_acc"] = pre["final_acc"]
         finetune_cfg = cfg.finetune or cfg.train
         ckpt = run_dir / "checkpoint-finetune.pt"
@@ -180,7 +184,7 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, quiet: bool,
             atomic_write_text(run_dir / "prune.json", json.dumps(extra))
         else:
             extra.update(json.loads((run_dir / "prune.json").read_text()))
-        summary = _trainer(cfg, built, finetune_cfg, pruner, "finetune", run_dir, quiet, say).fit()
+        summary = _fit(built, finetune_cfg, pruner, "finetune", run_dir, rep)
         wall = pre["wall_time"] + extra.get("prune_time", 0.0) + summary["wall_time"]
     else:
         ckpt = run_dir / "checkpoint-train.pt"
@@ -191,7 +195,7 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, quiet: bool,
             atomic_write_text(run_dir / "prune.json", json.dumps(extra))
         elif schedule == "init":
             extra.update(json.loads((run_dir / "prune.json").read_text()))
-        summary = _trainer(cfg, built, cfg.train, pruner, "train", run_dir, quiet, say).fit()
+        summary = _fit(built, cfg.train, pruner, "train", run_dir, rep)
         wall = extra.get("prune_time", 0.0) + summary["wall_time"]
     if schedule != "none":
         pruner.masks.save(run_dir / "masks.safetensors")

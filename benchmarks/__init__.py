@@ -1,0 +1,1 @@
+"""Performance benchmarks: each prints ratios measured in one run."""
