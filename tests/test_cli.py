@@ -84,3 +84,17 @@ def test_run_skips_finished_and_results_lists_rows(capsys, tmp_path):
     assert run_cli(capsys, *args)[0] == 0  # everything finished: skipped, nothing rewritten
     assert {p: p.stat().st_mtime for p in root.rglob("result.json")} == mtimes
     assert con.execute("select count(*) from runs").fetchone()[0] == 6
+
+
+def test_tensorboard_missing_is_a_clear_error_before_anything_is_written(capsys, tmp_path):
+    pytest.importorskip("torch")
+    try:
+        import tensorboard  # noqa: F401
+
+        pytest.skip("tensorboard is installed")
+    except ImportError:
+        pass
+    root = tmp_path / "runs"
+    code, _, err = run_cli(capsys, "run", "quickstart", f"output.root={root}", "output.tensorboard=true")
+    assert code == 2 and "pip install 'prunekit[tensorboard]'" in err
+    assert not (root / "quickstart").exists()

@@ -74,6 +74,8 @@ class Built:
         self.model = self.new_model()
         self.method_cfg = method_config(cfg.method)
         self.pruner = METHODS.get(self.method_cfg.name)(self.model, self.method_cfg)
+        if cfg.output.tensorboard:
+            _summary_writer_class()
 
     def new_model(self) -> torch.nn.Module:
         seed_everything(self.cfg.seed)
@@ -129,12 +131,40 @@ def run_experiment(cfg: ExperimentConfig, force: bool = False, reporter: Reporte
     return row
 
 
+def _summary_writer_class():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("output.tensorboard=true needs the tensorboard package: pip install 'prunekit[tensorboard]'") from None
+    return SummaryWriter
+
+
+def _tensorboard(cfg: ExperimentConfig, directory: Path):
+    if not cfg.output.tensorboard:
+        return None
+    return _summary_writer_class()(log_dir=str(directory / "tensorboard"))
+
+
 def _fit(built: Built, train_cfg: TrainConfig, pruner, phase: str, directory: Path, rep: Reporter) -> dict[str, Any]:
+    writer = _tensorboard(built.cfg, directory)
+
+    def log(record: dict[str, Any]) -> None:
+        rep.evaluation(record)
+        if writer is not None:
+            for key in ("train_loss", "test_acc", "test_loss", "lr", "sparsity"):
+                if key in record:
+                    writer.add_scalar(f"{phase}/{key}", record[key], record["step"])
+            writer.flush()
+
     trainer = Trainer(built.model, built.train_loader, built.test_loader, train_cfg, pruner=pruner,
                       device=built.device, phase=phase, checkpoint_path=directory / f"checkpoint-{phase}.pt",
-                      metrics_path=directory / f"metrics-{phase}.jsonl", progress=rep.progress, log=rep.evaluation)
+                      metrics_path=directory / f"metrics-{phase}.jsonl", progress=rep.progress, log=log)
     rep.phase_start(phase, trainer.total_steps)
-    summary = trainer.fit()
+    try:
+        summary = trainer.fit()
+    finally:
+        if writer is not None:
+            writer.close()
     rep.phase_end(phase, summary)
     return summary
 
