@@ -4,7 +4,7 @@
 ``prunekit.models.create`` and ``prunekit.data.build_loaders`` give the papers' models and data;
 ``prunekit.run(config)`` runs a whole experiment.
 """
-from . import methods, models, sparsity
+from . import data, methods, models, sparsity
 from .errors import PrunekitError
 from .methods import METHODS, create
 from .sparsity import MaskSet, Targets
@@ -20,5 +20,5 @@ def run(config, force: bool = False, quiet: bool = True):
     return run_experiment(cfg, force=force, quiet=quiet)
 
 
-__all__ = ["METHODS", "MaskSet", "PrunekitError", "Targets", "__version__", "create", "methods", "models", "run",
+__all__ = ["METHODS", "MaskSet", "PrunekitError", "Targets", "__version__", "create", "data", "methods", "models", "run",
            "sparsity"]
