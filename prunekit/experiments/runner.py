@@ -65,11 +65,13 @@ class Built:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         d = cfg.data
-        self.train_loader, self.test_loader, self.spec = pkdata.build_loaders(
+        loaders = pkdata.build_loaders(
             d.name, root=d.root, batch_size=d.batch_size, test_batch_size=d.test_batch_size, seed=cfg.seed,
             device=self.device, augment=d.augment, normalization=d.normalization, split=d.split,
             drop_last=d.drop_last,
         )
+        self.train_loader, self.test_loader, self.spec = loaders
+        self.second_loader = loaders.val
         self.input_shape = (self.spec.channels, *self.spec.image_size)
         self.model = self.new_model()
         self.method_cfg = method_config(cfg.method)
@@ -186,11 +188,15 @@ def _pretrain(cfg: ExperimentConfig, built: Built, rep: Reporter) -> dict[str, A
     return summary
 
 
+def _total_steps(built: Built, train_cfg: TrainConfig) -> int:
+    n, unit = train_cfg.length
+    return n * len(built.train_loader) if unit == "ep" else n
+
+
 def _context(built: Built) -> PruneContext:
-    n, unit = built.cfg.train.length
-    spe = len(built.train_loader)
-    return PruneContext(batches=built.train_loader, loss_fn=torch.nn.functional.cross_entropy, device=built.device,
-                        total_steps=n * spe if unit == "ep" else n, steps_per_epoch=spe)
+    return PruneContext(batches=built.train_loader, second_batches=built.second_loader,
+                        loss_fn=torch.nn.functional.cross_entropy, device=built.device,
+                        total_steps=_total_steps(built, built.cfg.train), steps_per_epoch=len(built.train_loader))
 
 
 def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporter) -> tuple[dict, dict]:
@@ -206,9 +212,12 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
         extra["pretrain_acc"] = pre["final_acc"]
         finetune_cfg = cfg.finetune or cfg.train
         ckpt = run_dir / "checkpoint-finetune.pt"
+        ctx = _context(built)
+        ctx.total_steps = _total_steps(built, finetune_cfg)
+        pruner.setup(ctx)
         if not ckpt.exists():
             t0 = time.perf_counter()
-            pruner.prune(_context(built))
+            pruner.prune(ctx)
             extra["prune_time"] = time.perf_counter() - t0
             extra["pruned_acc"] = evaluate(built.model, built.test_loader)["acc"]
             atomic_write_text(run_dir / "prune.json", json.dumps(extra))
@@ -218,12 +227,15 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
         wall = pre["wall_time"] + extra.get("prune_time", 0.0) + summary["wall_time"]
     else:
         ckpt = run_dir / "checkpoint-train.pt"
-        if schedule == "init" and not ckpt.exists():
+        ctx = _context(built)
+        pruner.setup(ctx)
+        # "during" methods get on_init too: initial masks (e.g. an ERK start)
+        if not ckpt.exists():
             t0 = time.perf_counter()
-            pruner.on_init(_context(built))
+            pruner.on_init(ctx)
             extra["prune_time"] = time.perf_counter() - t0
             atomic_write_text(run_dir / "prune.json", json.dumps(extra))
-        elif schedule == "init":
+        else:
             extra.update(json.loads((run_dir / "prune.json").read_text()))
         summary = _fit(built, cfg.train, pruner, "train", run_dir, rep)
         wall = extra.get("prune_time", 0.0) + summary["wall_time"]

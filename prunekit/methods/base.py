@@ -4,7 +4,8 @@ A method is a small class that wires a scorer, an allocator, a selector and a sc
 implements whichever hooks it needs. The built-in trainer calls them in this order, and a user's own
 training loop can call :meth:`Pruner.step` after ``optimizer.step()`` (or use :meth:`Pruner.wrap`):
 
-``on_init`` (before training: pruning at initialization) → per step: ``before_step`` →
+``setup`` (every phase start, also on resume) → ``on_init`` (before training: pruning at
+initialization, initial sparse masks) → per step: ``before_step`` →
 ``after_backward`` (dense gradients visible) → ``after_optimizer_step`` (default: enforce masks) →
 ``on_epoch_end`` → ``on_train_end``.
 
@@ -51,9 +52,12 @@ class MethodConfig(BaseModel):
 @dataclass
 class PruneContext:
     """What a hook may need besides the model: batches for data-driven scores, the optimizer, the
-    loss function, the device, and the total number of optimizer steps of the phase."""
+    loss function, the device, and the total number of optimizer steps of the phase. ``second_batches``
+    is the split's extra stream when it has one (BiP's independently shuffled pass over the train set,
+    a held-out validation set)."""
 
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None
+    second_batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None
     optimizer: torch.optim.Optimizer | None = None
     loss_fn: Any = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -86,6 +90,10 @@ class Pruner:
         return "during"
 
     # --- hooks (no-ops unless a method needs them) ----------------------------------------------
+    def setup(self, ctx: PruneContext) -> None:
+        """Before a training phase, also when resuming: size schedules from ``ctx.total_steps``.
+        Must not change masks or weights (a resumed run restores those from its checkpoint)."""
+
     def on_init(self, ctx: PruneContext) -> None:
         """Before any training step: pruning-at-initialization methods set the masks here."""
 
