@@ -14,26 +14,18 @@ import torch
 
 import prunekit.data as D
 from prunekit.data import testing as fx
-from prunekit.data.idx import IMAGES_MAGIC, LABELS_MAGIC, load_mnist, read_idx
+from prunekit.data.idx import IMAGES_MAGIC, load_mnist, read_idx
 from prunekit.errors import ConfigError, DataError, UnknownNameError
 
-MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+from .conftest import require_mnist
+
 TRAIN_HIST = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_HIST = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-def _mnist_dir() -> Path:
-    if (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
-        return MNIST_DIR
-    msg = f"real MNIST not found at {MNIST_DIR}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(msg)
-    pytest.skip(msg)
-
-
 @pytest.fixture(scope="module")
 def mnist():
-    root = _mnist_dir()
+    root = require_mnist()
     return root, load_mnist(root, True), load_mnist(root, False)
 
 

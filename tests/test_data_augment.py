@@ -1,7 +1,6 @@
 """Batched augmentation and TensorLoader: equivalence with per-sample references, determinism, sampling."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
