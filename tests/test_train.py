@@ -156,3 +156,21 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
     with pytest.raises(NumericError, match=f"non-finite training loss at step {spe + 1};"):
         trainer.fit()
     assert load_checkpoint(ckpt)["step"] == spe  # the last good checkpoint is intact
+
+
+def test_channels_last_and_bf16_autocast_train_a_cnn():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, 8, 8, generator=g)
+    y = (x[:, 0].mean((1, 2)) > 0).long()
+    loader = ToyLoader(x, y, 16)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 2))
+    pruner = pk.create("magnitude", model, sparsity=0.5, allocation="uniform", when="init")
+    pruner.on_init(None)
+    cfg = TrainConfig(duration="3ep", lr=0.05, channels_last=True, amp="bf16")
+    summary = Trainer(model, loader, loader, cfg, pruner=pruner).fit()
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert math.isfinite(summary["final_acc"]) and summary["steps"] == 12
+    for p, m in zip(pruner.masks.params, pruner.masks.values()):
+        assert torch.count_nonzero(p[~m]) == 0
