@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/prunekit run recipes/quickstart.yaml
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=12 tests
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all

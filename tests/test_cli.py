@@ -98,3 +98,20 @@ def test_tensorboard_missing_is_a_clear_error_before_anything_is_written(capsys,
     code, _, err = run_cli(capsys, "run", "quickstart", f"output.root={root}", "output.tensorboard=true")
     assert code == 2 and "pip install 'prunekit[tensorboard]'" in err
     assert not (root / "quickstart").exists()
+
+
+def test_tensorboard_scalars_when_installed(capsys, tmp_path):
+    pytest.importorskip("tensorboard")
+    root = tmp_path / "runs"
+    code, _, _ = run_cli(capsys, "run", "quickstart", f"output.root={root}", "output.tensorboard=true",
+                         "train.duration=1ep", "method={name: random, sparsity: 0.5}", "grid={}", "-q")
+    assert code == 0
+    assert list(root.rglob("events.out.tfevents.*"))
+
+
+def test_grid_overrides_and_duplicate_points(capsys):
+    code, out, _ = run_cli(capsys, "show", "quickstart", "grid={seed: [0, 1, 2]}")
+    assert [d["seed"] for d in yaml.safe_load_all(out)] == [0, 1, 2]
+    # overriding the gridded key makes every point the same run: listed once
+    code, out, _ = run_cli(capsys, "show", "quickstart", "method={name: dense}")
+    assert len(list(yaml.safe_load_all(out))) == 1
