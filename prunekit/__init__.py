@@ -12,12 +12,12 @@ from .sparsity import MaskSet, Targets
 __version__ = "0.1.0"
 
 
-def run(config, force: bool = False, quiet: bool = True):
+def run(config, force: bool = False, reporter=None):
     """Run one experiment from an ``ExperimentConfig`` or a dict of settings; returns its result row."""
     from .experiments import ExperimentConfig, build_config, run_experiment
 
     cfg = config if isinstance(config, ExperimentConfig) else build_config(dict(config))
-    return run_experiment(cfg, force=force, quiet=quiet)
+    return run_experiment(cfg, force=force, reporter=reporter)
 
 
 __all__ = ["METHODS", "MaskSet", "PrunekitError", "Targets", "__version__", "create", "data", "methods", "models", "run",

@@ -115,3 +115,12 @@ def test_grid_overrides_and_duplicate_points(capsys):
     # overriding the gridded key makes every point the same run: listed once
     code, out, _ = run_cli(capsys, "show", "quickstart", "method={name: dense}")
     assert len(list(yaml.safe_load_all(out))) == 1
+
+
+def test_python_run_api(tmp_path):
+    import prunekit as pk
+
+    row = pk.run({"name": "api", "model": {"name": "mlp"}, "data": {"name": "sklearn_digits", "augment": False},
+                  "method": {"name": "random", "sparsity": 0.5, "seed": 0}, "train": {"duration": "1ep"},
+                  "output": {"root": str(tmp_path)}})
+    assert row["status"] == "finished" and row["achieved_sparsity"] == pytest.approx(0.5, abs=1e-3)
