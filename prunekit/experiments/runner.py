@@ -7,15 +7,18 @@ Phases by method schedule (``Pruner.schedule``):
 * ``during`` (dynamic sparse training, gradual pruning): ``train`` with the method's hooks.
 * ``after`` (one-shot after training, OMP-style): ``pretrain`` (dense, cached and shared by every run
   with the same model/data/train/seed, ``dense`` included) → ``prune`` → ``finetune``.
+* ``iterative`` (IMP): ``[prune → rewind → train] × levels`` after a dense level 0 (see :func:`_run_levels`).
 
 Everything that can fail on user input (config, names, data files) is checked before the run directory
 is created. A finished run (``result.json`` present) is skipped unless ``force``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,7 @@ from ..methods import METHODS, PruneContext, method_config
 from ..report.measure import count_flops, count_params
 from ..train import Trainer, TrainConfig, evaluate
 from ..utils.io import atomic_path, atomic_write_text
-from .config import ExperimentConfig, identity, pretrain_hash, run_hash
+from .config import ExperimentConfig, identity, pretrain_hash, pretrain_identity, run_hash
 from .progress import Reporter
 from .store import ResultsStore
 
@@ -147,7 +150,8 @@ def _tensorboard(cfg: ExperimentConfig, directory: Path):
     return _summary_writer_class()(log_dir=str(directory / "tensorboard"))
 
 
-def _fit(built: Built, train_cfg: TrainConfig, pruner, phase: str, directory: Path, rep: Reporter) -> dict[str, Any]:
+def _fit(built: Built, train_cfg: TrainConfig, pruner, phase: str, directory: Path, rep: Reporter,
+         start_step: int = 0) -> dict[str, Any]:
     writer = _tensorboard(built.cfg, directory)
 
     def log(record: dict[str, Any]) -> None:
@@ -161,6 +165,8 @@ def _fit(built: Built, train_cfg: TrainConfig, pruner, phase: str, directory: Pa
     trainer = Trainer(built.model, built.train_loader, built.test_loader, train_cfg, pruner=pruner,
                       device=built.device, phase=phase, checkpoint_path=directory / f"checkpoint-{phase}.pt",
                       metrics_path=directory / f"metrics-{phase}.jsonl", progress=rep.progress, log=log)
+    if start_step and not trainer.checkpoint_path.exists():
+        _start_at(trainer, start_step)
     rep.phase_start(phase, trainer.total_steps)
     try:
         summary = trainer.fit()
@@ -225,6 +231,8 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
             extra.update(json.loads((run_dir / "prune.json").read_text()))
         summary = _fit(built, finetune_cfg, pruner, "finetune", run_dir, rep)
         wall = pre["wall_time"] + extra.get("prune_time", 0.0) + summary["wall_time"]
+    elif schedule == "iterative":
+        summary, wall, extra = _run_levels(cfg, built, run_dir, rep)
     else:
         ckpt = run_dir / "checkpoint-train.pt"
         ctx = _context(built)
@@ -245,6 +253,104 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
         with atomic_path(run_dir / "model.safetensors") as tmp:
             save_file({k: v.contiguous().cpu() for k, v in built.model.state_dict().items()}, str(tmp))
     return _row(cfg, built, run_dir, status="finished", summary=summary, wall=wall), extra
+
+
+def _start_at(trainer: Trainer, step: int) -> None:
+    """Begin a phase at ``step`` of its schedule (open_lth ``train(start_step=...)``): the data order and
+    the LR continue from there, the optimizer state is fresh."""
+    trainer.step = step
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()"
+        trainer.scheduler.last_epoch = step - 1
+        trainer.scheduler.step()
+
+
+def _state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _save_level(directory: Path, built: Built, summary: dict[str, Any], extra: dict[str, torch.Tensor] | None = None):
+    tensors = {f"model.{k}": v for k, v in built.model.state_dict().items()}
+    tensors.update({f"mask.{k}": v.to(torch.uint8) for k, v in built.pruner.masks.items()})
+    tensors.update({f"rewind.{k}": v for k, v in (extra or {}).items()})
+    with atomic_path(directory / "level.safetensors") as tmp:
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    atomic_write_text(directory / "summary.json", json.dumps(summary))
+    for leftover in directory.glob("checkpoint-*.pt"):
+        leftover.unlink()
+
+
+def _load_level(directory: Path, built: Built) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    tensors = load_file(str(directory / "level.safetensors"), device=str(built.device))
+    built.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    built.pruner.masks.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("mask.")},
+                                       source=str(directory))
+    rewind = {k[7:]: v for k, v in tensors.items() if k.startswith("rewind.")}
+    return json.loads((directory / "summary.json").read_text()), rewind
+
+
+def _run_levels(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporter) -> tuple[dict, float, dict]:
+    """IMP levels (open_lth ``lottery/runner.py``): level 0 trains the dense network with ``cfg.train``
+    (the shared pretraining unless weights rewind to a step k > 0, which level 0 must record); every
+    further level prunes (``pruner.prune_level``), rewinds the weights to step k (or keeps them:
+    ``rewind="lr"``) and retrains with ``cfg.train`` from step k. Levels are cached under
+    ``<root>/_imp/<hash>/`` keyed by their kept-count history, so runs that differ only in the final
+    sparsity share their common levels. Each level is a line of ``levels.jsonl`` in the run directory and,
+    except the last (the run's own row), a store row with status ``level``."""
+    pruner = built.pruner
+    k, mode = pruner.config.rewind_step, pruner.config.rewind
+    chain_id = {**pretrain_identity(cfg), "method": {m: v for m, v in cfg.method.items() if m != "sparsity"}}
+    chain = Path(cfg.output.root) / "_imp" / hashlib.sha256(json.dumps(chain_id, sort_keys=True, default=str)
+                                                           .encode()).hexdigest()[:10]
+    rewind = _state_copy(built.model)  # θ0
+    pruner.level = 0
+    if mode == "weights" and k > 0:
+        level0 = chain / "level0"
+        if (level0 / "summary.json").exists():
+            summary, rewind = _load_level(level0, built)
+        else:
+            level0.mkdir(parents=True, exist_ok=True)
+            summary = _fit(built, cfg.train, pruner, "train", level0, rep)
+            if pruner.rewind_state is None:
+                raise ConfigError(f"method.rewind_step={k} is past the end of training ({summary['steps']} steps)")
+            rewind = pruner.rewind_state
+            _save_level(level0, built, summary, rewind)
+    else:
+        summary = _pretrain(cfg, built, rep)
+    store, records, history, tag = store_for(cfg), [], [], "dense"
+    plan = pruner.plan()
+    for level in range(len(plan) + 1):
+        if level > 0:
+            history.append(plan[level - 1])
+            tag = hashlib.sha256(json.dumps(history).encode()).hexdigest()[:10]
+            directory = chain / f"level{level}-{tag}"
+            pruner.level = level
+            if (directory / "summary.json").exists():
+                summary, _ = _load_level(directory, built)
+            else:
+                pruner.prune_level(level)
+                if mode == "weights":
+                    built.model.load_state_dict(rewind)
+                pruner.enforce()
+                directory.mkdir(parents=True, exist_ok=True)
+                summary = _fit(built, cfg.train, pruner, "train", directory, rep, start_step=k)
+                _save_level(directory, built, summary)
+        records.append({"level": level, "sparsity": pruner.masks.sparsity(), "nnz": pruner.masks.nnz(),
+                        **{key: summary[key] for key in ("final_acc", "best_acc", "steps", "wall_time")},
+                        "total_wall_time": sum(r["wall_time"] for r in records) + summary["wall_time"]})
+        atomic_write_text(run_dir / "levels.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        if level < len(plan):
+            row = _row(cfg, built, run_dir, status="level", summary=summary, wall=records[-1]["total_wall_time"])
+            row.update(run_id=f"imp-{chain.name}-L{level}-{tag}", target_sparsity=row["achieved_sparsity"])
+            store.record(row)
+    return summary, records[-1]["total_wall_time"], {"levels": len(plan)}
+
+
+def _training_flops(built: Built) -> float | None:
+    """Training FLOPs relative to dense for methods that change masks while training (RigL/GraNet
+    convention); None for the others."""
+    ratio = getattr(built.pruner, "training_flops_ratio", None)
+    return ratio(built.input_shape) if callable(ratio) else None
 
 
 def _row(cfg: ExperimentConfig, built: Built, run_dir: Path, status: str, summary: dict | None = None,
@@ -269,6 +375,7 @@ def _row(cfg: ExperimentConfig, built: Built, run_dir: Path, status: str, summar
         "nonzero_params": params["nonzero"],
         "flops": flops["flops"],
         "sparse_flops": flops["sparse_flops"],
+        "train_flops_ratio": _training_flops(built),
         "status": status,
         "error": error,
         "run_dir": str(run_dir),

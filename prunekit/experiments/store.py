@@ -29,6 +29,7 @@ COLUMNS = {
     "nonzero_params": "INTEGER",
     "flops": "REAL",
     "sparse_flops": "REAL",
+    "train_flops_ratio": "REAL",
     "status": "TEXT",
     "error": "TEXT",
     "run_dir": "TEXT",
@@ -48,6 +49,10 @@ class ResultsStore:
         con.execute("PRAGMA busy_timeout=60000")
         cols = ", ".join(f"{k} {v}" for k, v in COLUMNS.items())
         con.execute(f"CREATE TABLE IF NOT EXISTS runs ({cols})")
+        have = {row[1] for row in con.execute("PRAGMA table_info(runs)")}
+        for name, kind in COLUMNS.items():  # stores written by older versions gain new columns
+            if name not in have:
+                con.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
         return con
 
     def record(self, row: dict[str, Any]) -> None:

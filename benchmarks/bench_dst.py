@@ -1,0 +1,214 @@
+"""Cost of dynamic sparse training in units of one dense training step of the same model.
+
+Unit: one SGD step (batch 128, momentum 0.9, cross-entropy) of ``cifar_resnet20`` on random CIFAR-shaped
+data and of ``lenet300_100`` on random MNIST-shaped data. Measured in this process, interleaved with the
+dense steps, ``--repeats`` times (each ratio divides by the mean of the dense steps timed just before
+and just after it); min / median / max printed, at 90% sparsity:
+
+* per-step mask enforcement (GraNet's ``after_optimizer_step`` on a non-update step: weights and
+  momentum re-masked)                                                           target <= 0.01
+* one GraNet update (global cubic pruning step + per-layer neuroregeneration)  target <= 0.04
+* one RigL update (per-layer drop + gradient regrowth)                          target <= 0.04
+
+Before timing, the updates are checked against a straightforward implementation with full stable sorts
+(and against GraNet's sort-then-threshold rule for ``counting: reference``) on the same inputs: the masks
+must be identical. Run: ``python -m benchmarks.bench_dst [--repeats 7] [--threads 1] [--device cpu]``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import prunekit as pk
+from prunekit.methods import PruneContext
+from prunekit.sparsity import num_keep
+
+SPARSITY = 0.9
+TARGETS = {"enforce": 0.01, "granet_update": 0.04, "rigl_update": 0.04}
+MODELS = {"cifar_resnet20": (3, 32, 32), "lenet300_100": (1, 28, 28)}
+STEPS_PER_EPOCH, EPOCHS, DT = 1000, 100, 1000  # a GraNet run of 100k steps, pruning until step 50k
+UPDATE_STEP = 20_000
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device, inner=1) -> float:
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t) / inner
+
+
+# --- straightforward sort-based updates (the equivalence reference) --------------------------------
+def sorted_keep(score, k, eligible):
+    flat = torch.where(eligible, score, -torch.inf).reshape(-1)
+    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    keep[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
+    return keep.view(score.shape)
+
+
+def sorted_regrow(weights, masks, grads, fraction, round_up, reference=False):
+    out = []
+    for w, m, g in zip(weights, masks, grads):
+        nnz = int(m.sum())
+        n_drop = math.ceil(fraction * nnz) if round_up else int(fraction * nnz)
+        if n_drop == 0:
+            out.append(m.clone())
+            continue
+        if reference:  # Masking.magnitude_death: sorted |w|, threshold at zeros + drop - 1, keep >
+            ordered = torch.sort(w.abs().reshape(-1)).values
+            keep = (w.abs() > ordered[m.numel() - nnz + n_drop - 1]) & m
+        else:
+            keep = sorted_keep(w.abs(), nnz - n_drop, m)
+        out.append(keep | sorted_keep(g.abs(), nnz - int(keep.sum()), ~keep))
+    return out
+
+
+def sorted_granet(weights, masks, grads, sparsity, rho, reference):
+    scores = torch.cat([w.abs().reshape(-1) for w in weights])
+    total = scores.numel()
+    if reference:  # Masking.pruning: topk then keep > the last kept value
+        kth = torch.sort(scores, descending=True).values[int(total * (1 - sparsity)) - 1]
+        keep = scores > kth
+    else:
+        eligible = torch.cat([m.reshape(-1) for m in masks])
+        keep = sorted_keep(scores, min(num_keep(total, round(sparsity, 12)), int(eligible.sum())), eligible)
+    pruned = [k.view(m.shape) for k, m in zip(torch.split(keep, [m.numel() for m in masks]), masks)]
+    weights = [w * m for w, m in zip(weights, pruned)]
+    return sorted_regrow(weights, pruned, grads, rho, round_up=True, reference=reference)
+
+
+# --- the setup -----------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, name: str, device: torch.device):
+        torch.manual_seed(0)
+        self.device = device
+        shape = MODELS[name]
+        self.x = torch.randn(128, *shape, device=device)
+        self.y = torch.randint(0, 10, (128,), device=device)
+        self.dense = pk.models.create(name, num_classes=10).to(device)
+        self.dense_opt = torch.optim.SGD(self.dense.parameters(), lr=0.01, momentum=0.9)
+        self.granet = self._sparse(name, "granet", initial_sparsity=0.5, update_frequency=DT,
+                                   final_prune_epoch=EPOCHS // 2)
+        self.rigl = self._sparse(name, "rigl", update_frequency=DT)
+
+    def _sparse(self, name, method, **settings):
+        torch.manual_seed(0)
+        model = pk.models.create(name, num_classes=10).to(self.device)
+        pruner = pk.create(method, model, sparsity=SPARSITY, **settings)
+        opt = pruner.wrap(torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+        pruner.setup(PruneContext(total_steps=STEPS_PER_EPOCH * EPOCHS, steps_per_epoch=STEPS_PER_EPOCH))
+        pruner.on_init(PruneContext())
+        if method == "granet":  # the masks of the previous pruning step
+            pruner.magnitude_prune_(pruner.sparsity_at(UPDATE_STEP - DT))
+            pruner.enforce()
+            pruner._nnz = pruner._counts()
+        for _ in range(2):  # momentum state and dense gradients, as at an update step
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(self.x), self.y).backward()
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(self.x), self.y).backward()
+        snapshot = copy.deepcopy((model.state_dict(), opt.state_dict(), pruner.state_dict()))
+        return model, pruner, opt, snapshot
+
+    def restore(self, which) -> None:
+        model, pruner, opt, (weights, opt_state, pruner_state) = which
+        model.load_state_dict(weights)
+        opt.load_state_dict(opt_state)
+        pruner.load_state_dict(pruner_state)
+
+    def dense_step(self) -> None:
+        self.dense_opt.zero_grad(set_to_none=True)
+        F.cross_entropy(self.dense(self.x), self.y).backward()
+        self.dense_opt.step()
+
+    def enforce(self) -> None:
+        self.granet[1].after_optimizer_step(UPDATE_STEP - 1)
+
+    def granet_update(self) -> None:
+        self.granet[1]._update(UPDATE_STEP)
+
+    def rigl_update(self) -> None:
+        self.rigl[1]._update(UPDATE_STEP)
+
+    def check_equivalence(self) -> None:
+        for counting in ("exact", "reference"):
+            model, pruner, opt, _ = self.granet
+            self.restore(self.granet)
+            pruner.config = pruner.config.model_copy(update={"counting": counting})
+            ws = [w.detach().clone() for w in pruner.masks.params]
+            ms = [m.clone() for m in pruner.masks.values()]
+            gs = [w.grad.clone() for w in pruner.masks.params]
+            expected = sorted_granet(ws, ms, gs, pruner.sparsity_at(UPDATE_STEP), pruner.prune_rate_at(UPDATE_STEP),
+                                     counting == "reference")
+            pruner._update(UPDATE_STEP)
+            assert all(torch.equal(a, b) for a, b in zip(pruner.masks.values(), expected)), f"granet {counting}"
+            pruner.config = pruner.config.model_copy(update={"counting": "exact"})
+        model, pruner, opt, _ = self.rigl
+        self.restore(self.rigl)
+        ws = [w.detach().clone() for w in pruner.masks.params]
+        ms = [m.clone() for m in pruner.masks.values()]
+        gs = [w.grad.clone() for w in pruner.masks.params]
+        expected = sorted_regrow(ws, ms, gs, pruner.drop_fraction_at(UPDATE_STEP), round_up=False)
+        pruner._update(UPDATE_STEP)
+        assert all(torch.equal(a, b) for a, b in zip(pruner.masks.values(), expected)), "rigl"
+        self.restore(self.granet)
+        self.restore(self.rigl)
+
+
+def ratios(bench: Bench, repeats: int) -> dict[str, list[float]]:
+    device = bench.device
+    out = {k: [] for k in TARGETS}
+    for _ in range(2):
+        bench.dense_step()
+    for _ in range(repeats):
+        for key in TARGETS:
+            before = _timed(bench.dense_step, device)
+            if key == "enforce":
+                t = _timed(bench.enforce, device, inner=20)
+            else:
+                t = _timed(getattr(bench, key), device)
+                bench.restore(bench.granet if key == "granet_update" else bench.rigl)
+            after = _timed(bench.dense_step, device)
+            out[key].append(t / ((before + after) / 2))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"device={device} threads={args.threads} repeats={args.repeats} sparsity={SPARSITY}")
+    for name in args.models:
+        bench = Bench(name, device)
+        bench.check_equivalence()
+        print(f"\n{name}: fast updates == sort-based updates (GraNet exact + reference counting, RigL): ok")
+        t_dense = statistics.median(_timed(bench.dense_step, device) for _ in range(3))
+        print(f"dense step: {t_dense * 1e3:.2f} ms")
+        print(f"{'cost / dense step':<18} {'min':>8} {'median':>8} {'max':>8} {'target':>8}")
+        for key, values in ratios(bench, args.repeats).items():
+            med = statistics.median(values)
+            flag = "ok" if med <= TARGETS[key] else "MISSED"
+            print(f"{key:<18} {min(values):>8.4f} {med:>8.4f} {max(values):>8.4f} {TARGETS[key]:>8.2f}  {flag}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

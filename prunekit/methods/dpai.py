@@ -1,0 +1,208 @@
+"""DPaI: Xiang, Nguyen-Tri, Nguyen, Pham, Than, Tran-Thanh, Wen, "Differentiable Pruning at
+Initialization with Node-Path Balance Principle", ICLR 2025 (code ``QuanNguyen-Tri/DPaI``, ``npb.py``,
+``main.py``; methods.md §1a).
+
+A data- and weight-free mask search. Every Conv/Linear weight gets a score ``s ~ N(0, 1)``; its mask is
+the per-layer top-k of ``|s|`` (ERK budgets) with a straight-through gradient. One step runs the
+path-count forward (:class:`prunekit.scoring.PathCounter`: all-ones input, masks as weights, BN/LN/
+activations as identity, per-layer rescaling by the input maximum), back-propagates
+``log P = log(sum(out)) + sum_l log(max_l)`` to the masks, marks the *effective* weights
+(``|dlogP/dmask| * mask > 0``), their nodes and kernels, and writes the surrogate gradient
+
+    s.grad = -[(1 - alpha) g_path + alpha ((1 - beta) g_node + beta g_kernel)]
+
+with ``g_node = g_path * (1 - node_alive)`` and ``g_kernel = g_path * (1 - kernel_alive)`` (Linear: the
+weight itself is the kernel), followed by ``Adam.step()`` at a constant learning rate (the reference's
+LR scheduler is never stepped). After the last step the mask is the top-k of ``|s|``.
+
+The whole model is handled as one flat score vector, so a step is a forward/backward of the path-count
+network, one top-k per layer and a dozen whole-model tensor operations; nothing synchronises with the
+host except the periodic no-effective-node check.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+from pydantic import model_validator
+from torch import Tensor, nn
+
+from ..errors import LayerCollapseError
+from ..scoring.data import input_shape_from, threads_for
+from ..scoring.paths import FlatLayout, PathCounter
+from ..scoring.topk import SegmentTopK
+from ..sparsity import allocate, num_zeros
+from .base import MethodConfig, PruneContext, Pruner
+from .pai import compression_to_sparsity
+from .registry import METHODS
+
+
+class DPaIConfig(MethodConfig):
+    """Defaults are the paper's ``experiments/run.sh``: alpha 0.99, beta 0.5, lr 0.005, 3000 steps, ERK.
+
+    The reference's ``--ablation`` switches: ``random`` is ``optimize=False`` (a random ERK mask),
+    ``erk`` (which *disables* ERK) is ``allocation="uniform"``, ``layer-wise`` (which selects globally)
+    is ``allocation="global"``.
+    """
+
+    alpha: float = 0.99
+    beta: float = 0.5
+    lr: float = 0.005
+    steps: int = 3000
+    allocation: Literal["erk", "uniform", "global"] = "erk"
+    optimize: bool = True
+    compression: float | None = None  # density = 10**-compression; sets sparsity
+    seed: int | None = None  # score initialisation; None: drawn from the global RNG
+    input_shape: tuple[int, ...] | None = None  # None: one sample of ctx.batches
+    check_every: int = 100  # steps between host-side checks for "no effective node left"
+    cpu_threads: int | None = None  # None: one per million weights (batch-1 work is too small to share)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _compression_to_sparsity(cls, data):
+        return compression_to_sparsity(data)
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        for field in ("alpha", "beta"):
+            if not 0.0 <= getattr(self, field) <= 1.0:
+                raise ValueError(f"{field}={getattr(self, field)} is out of range; allowed: a float in [0, 1]")
+        if self.steps < 0 or self.check_every < 1 or not self.lr > 0:
+            raise ValueError("allowed: steps >= 0, check_every >= 1, lr > 0")
+        return self
+
+
+@dataclass
+class SearchResult:
+    """Final masks (flat bool, layer order) and the per-step trajectory: a ``(steps + 1, 4)`` tensor of
+    ``log P``, effective nodes, effective kernels, effective params (last row: the final mask)."""
+
+    keep: Tensor
+    history: Tensor
+    layout: FlatLayout
+
+    def masks(self) -> list[Tensor]:
+        return self.layout.views(self.keep)
+
+    @property
+    def final(self) -> dict[str, float]:
+        log_p, nodes, kernels, params = self.history[-1].tolist()
+        return {"log_paths": log_p, "effective_nodes": nodes, "effective_kernels": kernels,
+                "effective_params": params}
+
+
+def initial_scores(numels: Sequence[int], generator: torch.Generator, device: torch.device | str = "cpu") -> Tensor:
+    """Scores ``N(0, 1)`` drawn layer by layer in layer order (as ``nn.init.normal_`` per module)."""
+    return torch.cat([torch.randn(n, generator=generator) for n in numels]).to(device)
+
+
+def score_optimizer(params: Sequence[Tensor], lr: float) -> torch.optim.Adam:
+    """Adam with default betas at a constant ``lr`` (the reference never steps its LR scheduler); the fused
+    kernel where the installed torch has one for the device: one pass over the scores instead of ten."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr)
+
+
+def dpai_search(model: nn.Module, names: Sequence[str], zeros: Sequence[int] | int, input_shape: Sequence[int],
+                scores: Tensor, alpha: float = 0.99, beta: float = 0.5, lr: float = 0.005, steps: int = 3000,
+                check_every: int = 100, threads: int | None = None) -> SearchResult:
+    """Run the DPaI search from ``scores`` (flat, layer order of ``names``) and return the final mask.
+
+    ``zeros``: weights removed per layer (``int(s_l * numel_l)``) or, an int, in total (global top-k).
+    Raises :class:`~prunekit.errors.LayerCollapseError` when a step finds no effective node. ``threads``:
+    CPU intra-op threads during the search (see :func:`prunekit.scoring.data.threads_for`).
+    """
+    with threads_for(scores.device, scores.numel(), threads):
+        return _search(model, names, zeros, input_shape, scores, alpha, beta, lr, steps, check_every)
+
+
+def _search(model, names, zeros, input_shape, scores, alpha, beta, lr, steps, check_every) -> SearchResult:
+    params = dict(model.named_parameters())
+    layout = FlatLayout([params[n].shape for n in names], device=scores.device)
+    sizes = [layout.total] if isinstance(zeros, int) else layout.numels
+    keeps = [n - z for n, z in zip(sizes, [zeros] if isinstance(zeros, int) else zeros)]
+    topk = SegmentTopK(sizes, scores.device)
+
+    def select(s: Tensor) -> Tensor:
+        return topk(s.detach().abs(), keeps, nonnegative=True)
+
+    s = scores.detach().clone().requires_grad_(True)
+    opt = score_optimizer([s], lr)
+    rows: list[Tensor] = []
+    fewest_nodes = None
+    hard = torch.empty(layout.total, device=scores.device, requires_grad=True)
+    with PathCounter(model, names, input_shape) as counter:
+        for step in range(steps + 1):
+            keep = select(s)
+            with torch.no_grad():
+                hard.copy_(keep)
+            log_p = counter.log_paths(layout.views(hard))
+            (g,) = torch.autograd.grad(log_p, hard)
+            g_path = g.mul_(s.detach().sign())  # straight-through: d|s|/ds = sign(s)
+            effective = (g_path.abs() > 0).logical_and_(keep)  # NaN (no path at all) counts as not effective
+            node_alive, kernel_alive, n_params = layout.unit_alive(effective)
+            n_nodes = node_alive.sum()
+            rows.append(torch.stack([log_p.detach(), n_nodes.float(), kernel_alive.sum().float(), n_params.float()]))
+            fewest_nodes = n_nodes if fewest_nodes is None else torch.minimum(fewest_nodes, n_nodes)
+            if step == 0 or step % check_every == 0 or step == steps:
+                if int(fewest_nodes) < 1:  # host sync, every check_every steps only
+                    raise LayerCollapseError(
+                        f"dpai: no effective node left by step {step}: the mask has no input->output path "
+                        f"(sparsity too high for this model, or a layer budget of zero)")
+            if step == steps:
+                break
+            g_node = g_path * layout.broadcast((~node_alive).to(g.dtype), "node")
+            g_kernel = g_path * layout.broadcast((~kernel_alive).to(g.dtype), "kernel")
+            s.grad = -((1 - alpha) * g_path + alpha * ((1 - beta) * g_node + beta * g_kernel))
+            opt.step()
+    return SearchResult(keep=select(s).clone(), history=torch.stack(rows).cpu(), layout=layout)
+
+
+@METHODS.register("dpai", family="pai", when="init")
+class DPaI(Pruner):
+    """DPaI mask search at initialization (no data, no weights); see the module docstring."""
+
+    Config = DPaIConfig
+    name = "dpai"
+    config: DPaIConfig
+
+    @property
+    def schedule(self) -> str:
+        return "init"
+
+    def __init__(self, model: nn.Module, config: DPaIConfig):
+        super().__init__(model, config)
+        # drawn at construction so that a seeded model build fixes the search (the global RNG may be
+        # used by others between construction and pruning)
+        self._seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+
+    def on_init(self, ctx: PruneContext | None = None) -> None:
+        self.prune(ctx)
+
+    def layer_zeros(self) -> list[int] | int:
+        """Weights removed per layer (ERK or uniform budgets) or in total (``global``)."""
+        sparsity = self.target_sparsity()
+        shapes = {n: tuple(m.shape) for n, m in self.masks.items()}
+        if self.config.allocation == "global":
+            return num_zeros(self.masks.numel(), sparsity)
+        budgets = allocate(self.config.allocation, shapes, sparsity)
+        return [num_zeros(m.numel(), budgets[n]) for n, m in self.masks.items()]
+
+    def prune(self, ctx: PruneContext | None = None):
+        cfg = self.config
+        ctx = ctx or PruneContext()
+        gen = torch.Generator()
+        gen.manual_seed(self._seed)
+        device = self.masks.params[0].device
+        scores = initial_scores([m.numel() for m in self.masks.values()], gen, device)
+        shape = input_shape_from(cfg.input_shape, ctx.batches, self.name)
+        steps = cfg.steps if cfg.optimize else 0
+        result = dpai_search(self.model, self.masks.names(), self.layer_zeros(), shape, scores, cfg.alpha,
+                             cfg.beta, cfg.lr, steps, cfg.check_every, cfg.cpu_threads)
+        self.masks.update_(dict(zip(self.masks.names(), result.masks())))
+        self.search = result
+        self.enforce()
+        return self.masks

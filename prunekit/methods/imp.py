@@ -1,0 +1,141 @@
+"""IMP: iterative magnitude pruning with rewinding (the lottery-ticket procedure).
+
+Frankle & Carbin, "The Lottery Ticket Hypothesis", ICLR 2019 (rewind to initialization); Frankle, Dziugaite,
+Roy & Carbin, "Linear Mode Connectivity and the Lottery Ticket Hypothesis", ICML 2020 (rewind to step k);
+Renda, Frankle & Carbin, "Comparing Rewinding and Fine-tuning in Neural Network Pruning", ICLR 2020
+(learning-rate rewinding). Reference: ``facebookresearch/open_lth`` (``lottery/runner.py``,
+``pruning/sparse_global.py``). ``allocation``: ``global`` (open_lth ``sparse_global``, the default) or a per-layer
+budget (``uniform``: every layer loses the fraction of its survivors; ``erk``/``er``: each layer stops at
+its own budget).
+
+Level 0 trains the dense network; every later level removes ``prune_fraction`` of the surviving weights
+(``ceil(fraction · remaining)``, the smallest |w| among survivors: masks are nested), then either rewinds the
+surviving weights to step ``rewind_step`` of level 0 (``rewind="weights"``; 0 = the initialization) or
+keeps them (``rewind="lr"``), and retrains with the training recipe from step ``rewind_step`` with a fresh
+optimizer. The last level is clipped to exactly ``sparsity``. The runner's ``"iterative"`` schedule
+drives the levels and records each one. ``structure="filter"|"channel"`` prunes whole units per layer by
+the L2 norm of their weights (linear layers dense), the structured IMP baseline.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+
+from ..sparsity import MaskSet, allocate, num_keep, topk_mask
+from .base import PruneContext, Pruner
+from .hydra import ScoreConfig
+from .registry import METHODS
+
+
+class ImpConfig(ScoreConfig):
+    prune_fraction: float = 0.2
+    rewind: Literal["weights", "lr"] = "weights"
+    rewind_step: int = Field(0, ge=0)
+
+    @field_validator("prune_fraction")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise ValueError("allowed: a fraction in (0, 1)")
+        return v
+
+
+@METHODS.register("imp", family="post-training", when="iterative")
+class IMP(Pruner):
+    """Iterative magnitude pruning; ``prune(ctx)`` alone prunes straight to the target (all remaining
+    levels without training in between collapse into one magnitude prune), :meth:`prune_level` does one
+    level, :meth:`plan` lists the kept counts of every level."""
+
+    Config = ImpConfig
+    name = "imp"
+    config: ImpConfig
+
+    def __init__(self, model: nn.Module, config: ImpConfig):
+        super().__init__(model, config)
+        self.level = 0
+        self.rewind_state: dict[str, Tensor] | None = None
+        self._dim = {"filter": 0, "channel": 1}.get(config.structure)
+        self._global = self._dim is None and config.allocation == "global"
+
+    @property
+    def schedule(self) -> str:
+        return "iterative"
+
+    # --- the level plan ------------------------------------------------------------------------
+    def _units(self) -> list[int]:
+        return [m.numel() if self._dim is None else m.shape[self._dim] for m in self.masks.values()]
+
+    def plan(self) -> list[tuple[int, ...]]:
+        """Kept counts per level 1..L: one total (global) or one per layer (weights or units)."""
+        frac, s = self.config.prune_fraction, self.target_sparsity()
+        if self._global:
+            current, targets = [sum(self._units())], [num_keep(sum(self._units()), s)]
+        else:  # per layer: every layer loses the fraction of its survivors until its own budget
+            shapes = {n: tuple(m.shape) for n, m in self.masks.items()}
+            budget = allocate(self.config.allocation, shapes, s)
+            current = self._units()
+            targets = [num_keep(u, budget[n]) for u, n in zip(current, self.masks.names())]
+        levels: list[tuple[int, ...]] = []
+        while any(c > t for c, t in zip(current, targets)):
+            current = [max(t, c - math.ceil(frac * c)) for c, t in zip(current, targets)]
+            levels.append(tuple(current))
+        return levels
+
+    # --- pruning -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _prune_to(self, keep: tuple[int, ...]) -> None:
+        params, masks = self.masks.params, list(self.masks.values())
+        # survivors rank by |w|; already-pruned entries rank last, so masks stay nested
+        scores = [torch.where(m, p.detach().abs().float(), -torch.inf) for p, m in zip(params, masks)]
+        if self._global:
+            sizes = [m.numel() for m in masks]
+            flat = topk_mask(torch.cat([s.reshape(-1) for s in scores]), keep[0])
+            for m, part in zip(masks, flat.split(sizes)):
+                m.copy_(part.view(m.shape))
+        elif self._dim is None:
+            for s, m, k in zip(scores, masks, keep):
+                topk_mask(s, k, out=m)
+        else:
+            for p, m, k in zip(params, masks, keep):
+                other = [d for d in range(p.dim()) if d != self._dim]
+                unit = p.detach().float().pow(2).sum(dim=other).sqrt()
+                alive = m.any(dim=other)
+                shape = [1] * p.dim()
+                shape[self._dim] = -1
+                m.copy_(topk_mask(torch.where(alive, unit, -torch.inf), k).view(shape).expand_as(m))
+        self.enforce()
+
+    def prune_level(self, level: int) -> MaskSet:
+        """Prune to level ``level`` (1-based) of :meth:`plan` from the current weights and masks."""
+        self.level = level
+        self._prune_to(self.plan()[level - 1])
+        return self.masks
+
+    def prune(self, ctx: PruneContext | None = None) -> MaskSet:
+        plan = self.plan()
+        if plan:
+            self.level = len(plan)
+            self._prune_to(plan[-1])
+        return self.masks
+
+    # --- rewinding -----------------------------------------------------------------------------
+    def after_optimizer_step(self, step: int) -> None:
+        self.enforce()
+        if self.level == 0 and self.config.rewind == "weights" and step == self.config.rewind_step:
+            self.rewind_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {**super().state_dict(), "level": self.level}
+        if self.rewind_state is not None:
+            state["rewind_state"] = {k: v.clone() for k, v in self.rewind_state.items()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.level = int(state.get("level", 0))
+        rewind = state.get("rewind_state")
+        self.rewind_state = {k: v.clone() for k, v in rewind.items()} if rewind is not None else None

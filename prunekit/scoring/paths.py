@@ -1,0 +1,278 @@
+"""Path counting on a linearised network: the "NPB mode" forward of DPaI and the reachability used by
+the diagnostics.
+
+Pham et al., "Towards Data-Agnostic Pruning At Initialization: What Makes a Good Sparse Mask?"
+(NeurIPS 2023, ``pvh1602/NPB``) and Xiang et al., "Differentiable Pruning at Initialization with
+Node-Path Balance Principle" (ICLR 2025, ``QuanNguyen-Tri/DPaI`` ``npb.py: NPB_forward``) count the
+input->output paths of a masked network with one forward pass: the input is all ones, every Conv/Linear
+uses its binary mask *as its weight* (bias dropped), and normalisation, activations and dropout act as
+the identity. The sum of the output is then the number of paths of a plain chain. To keep float32
+finite, every Conv/Linear divides its input by the input's maximum and the log of that maximum is added
+back: ``log P = log(sum(out)) + sum_l log(max_l)`` (exact for a chain; with residual additions the
+rescaling applies to the branch only, an approximation the reference shares). Pooling is left as is
+(max-pooling takes a max over path counts, as in the reference).
+
+:class:`PathCounter` patches the modules of a model in place for the duration of a ``with`` block (the
+instance's ``forward`` attribute), so it works on any ``nn.Module`` built from Conv/Linear modules,
+including the zoo's CNNs and ViT (attention stays as written in the model's forward).
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from ..errors import MaskError
+
+PATH_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_ACTIVATIONS = tuple(
+    cls for cls in vars(nn.modules.activation).values()
+    if isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__ == nn.modules.activation.__name__
+    and cls not in (nn.Module, nn.MultiheadAttention)
+)
+#: modules that act as the identity in path mode (DPaI: BN, LayerNorm, LogSoftmax, ReLU, Dropout, SiLU,
+#: Sigmoid, ...; prunekit extends this to every normalisation, activation and dropout module).
+IDENTITY_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
+    nn.modules.dropout._DropoutNd, nn.Identity,
+) + _ACTIVATIONS
+#: additive embeddings zeroed in path mode (DPaI zeroes ``pos_embedding``; class tokens are zero at
+#: initialisation in torchvision's ViT, the one the reference prunes).
+ZEROED_PARAMS = ("pos_embedding", "*.pos_embedding", "class_token", "*.class_token", "cls_token", "*.cls_token")
+
+
+class _Reach(torch.autograd.Function):
+    """0/1 in both directions: forward ``x > 0``, backward ``grad > 0``, so gradients mark connectivity
+    without overflow or underflow."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g > 0).to(g.dtype)
+
+
+class _MaxPoolAsAvg(TorchFunctionMode):
+    """Max-pooling routes gradient to one element per window; for connectivity every element of the
+    window is connected, so max-pooling runs as average pooling (same windows)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        name = getattr(func, "__name__", "")
+        if func in _MAX_TO_AVG or name in ("_max_pool1d", "_max_pool2d", "_max_pool3d"):
+            dim = 1 if "1d" in name or func is F.max_pool1d else 3 if "3d" in name or func is F.max_pool3d else 2
+            return _avg_pool(dim, *args, **kwargs)
+        if func in _ADAPTIVE:
+            return _ADAPTIVE[func](args[0], args[1] if len(args) > 1 else kwargs["output_size"])
+        return func(*args, **kwargs)
+
+
+_MAX_TO_AVG = {F.max_pool1d, F.max_pool2d, F.max_pool3d}
+_ADAPTIVE = {F.adaptive_max_pool1d: F.adaptive_avg_pool1d, F.adaptive_max_pool2d: F.adaptive_avg_pool2d,
+             F.adaptive_max_pool3d: F.adaptive_avg_pool3d}
+
+
+def _avg_pool(dim, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    avg = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[dim - 1]
+    if return_indices or dilation not in (1, (1,) * dim):
+        raise MaskError("connectivity analysis does not support dilated max-pooling or pooling indices")
+    return avg(x, kernel_size, stride if stride else kernel_size, padding, ceil_mode, count_include_pad=True)
+
+
+class PathCounter:
+    """Path-mode forward of ``model`` with caller-supplied weights for the layers named in ``names``.
+
+    ``names`` are weight parameter names (``"layer1.0.conv1.weight"``) of Conv/Linear modules; other
+    Conv/Linear modules use all-ones weights (dense). Inside ``with counter:``, :meth:`log_paths`
+    returns ``log P`` for a list of weight tensors aligned with ``names`` (differentiable w.r.t. them);
+    :meth:`reach` returns ``R`` whose gradient w.r.t. each weight is positive exactly where the weight
+    lies on an input->output path (``weights`` must be 0/1).
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[str], input_shape: Sequence[int],
+                 dtype: torch.dtype = torch.float32, zero_params: Sequence[str] = ZEROED_PARAMS):
+        self.model = model
+        self.names = list(names)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.dtype = dtype
+        modules = dict(model.named_modules())
+        self._layers: list[nn.Module] = []
+        for n in self.names:
+            mod = modules.get(n.rsplit(".", 1)[0] if "." in n else "")
+            if not isinstance(mod, PATH_LAYERS) or mod.weight is None or n.rsplit(".", 1)[-1] != "weight":
+                raise MaskError(f"path counting needs Conv/Linear weights; {n!r} is not one")
+            self._layers.append(mod)
+        self._index = {id(m): i for i, m in enumerate(self._layers)}
+        self._zero = [p for pn, p in model.named_parameters() if any(fnmatch.fnmatchcase(pn, g) for g in zero_params)]
+        self._weights: list[Tensor] = []
+        self._maxes: list[Tensor] = []
+        self._mode = "count"
+        self._saved: list[tuple[nn.Module, object]] = []
+        self._saved_params: list[Tensor] = []
+        self._flags: list[tuple[nn.Module, bool]] = []
+
+    # --- patching ------------------------------------------------------------------------------
+    def __enter__(self) -> "PathCounter":
+        device = next(self.model.parameters()).device
+        self.ones = torch.ones((1, *self.input_shape), device=device, dtype=self.dtype)
+        self._flags = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()  # identity modules make this irrelevant, except for user modules that check it
+        for mod in self.model.modules():
+            if isinstance(mod, PATH_LAYERS):
+                fwd = self._layer_forward(mod)
+            elif isinstance(mod, IDENTITY_TYPES):
+                fwd = _identity
+            else:
+                continue
+            self._saved.append((mod, mod.__dict__.get("forward", _MISSING)))
+            mod.forward = fwd
+        with torch.no_grad():
+            self._saved_params = [p.detach().clone() for p in self._zero]
+            for p in self._zero:
+                p.zero_()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for mod, old in self._saved:
+            if old is _MISSING:
+                del mod.forward
+            else:
+                mod.forward = old
+        self._saved.clear()
+        with torch.no_grad():
+            for p, v in zip(self._zero, self._saved_params):
+                p.copy_(v)
+        self._saved_params = []
+        for m, flag in self._flags:
+            m.training = flag
+
+    def _layer_forward(self, mod: nn.Module):
+        i = self._index.get(id(mod))
+        conv = isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        dense: list[Tensor] = []
+
+        def forward(x: Tensor) -> Tensor:
+            if i is not None:
+                w = self._weights[i]
+            else:
+                if not dense:
+                    dense.append(torch.ones_like(mod.weight, dtype=x.dtype))
+                w = dense[0]
+            if self._mode == "reach":
+                x = _Reach.apply(x)
+            elif self._mode == "count":
+                top = x.max()  # not detached, as in the reference: the rescaling is part of the graph
+                self._maxes.append(top)
+                x = x / top
+            return mod._conv_forward(x, w, None) if conv else F.linear(x, w)
+
+        return forward
+
+    # --- evaluation ----------------------------------------------------------------------------
+    def _run(self, weights: Sequence[Tensor], mode: str) -> Tensor:
+        if len(weights) != len(self._layers):
+            raise MaskError(f"path counting got {len(weights)} weights for {len(self._layers)} layers")
+        self._weights, self._mode, self._maxes = list(weights), mode, []
+        try:
+            out = self.model(self.ones)
+        finally:
+            self._weights = []
+        if not isinstance(out, Tensor):
+            raise MaskError(f"path counting needs a model that returns one tensor, got {type(out).__name__}")
+        return out
+
+    def log_paths(self, weights: Sequence[Tensor]) -> Tensor:
+        """``log(sum(out)) + sum_l log(max_l)`` with per-layer input rescaling (DPaI ``NPB_objective``)."""
+        out = self._run(weights, "count")
+        log_p = out.sum().log()
+        if self._maxes:
+            log_p = log_p + torch.stack(self._maxes).log().sum()
+        self._maxes = []
+        return log_p
+
+    def log_paths_unscaled(self, weights: Sequence[Tensor]) -> Tensor:
+        """``log(sum(out))`` without rescaling: exact also with residual additions while it stays finite
+        (use float64)."""
+        return self._run(weights, "plain").sum().log()
+
+    def reach(self, weights: Sequence[Tensor]) -> Tensor:
+        """Connectivity objective (see the class docstring); max-pooling runs as average pooling."""
+        with _MaxPoolAsAvg():
+            out = self._run(weights, "reach")
+        return _Reach.apply(out).sum()
+
+
+_MISSING = object()
+
+
+def _identity(x: Tensor, *args, **kwargs) -> Tensor:
+    return x
+
+
+class FlatLayout:
+    """Index bookkeeping that turns per-layer unit counts into a few whole-model tensor ops.
+
+    For weights of shapes ``(out, in, *kernel)`` or ``(out, in)`` concatenated into one flat vector,
+    ``node_id`` maps every weight to its output unit (a *node*: a row of a Linear or an output channel of
+    a conv) and ``kernel_id`` to its kernel (``(out, in)`` pair of a conv; the weight itself for Linear),
+    numbered across layers; ``layer_id`` maps nodes to layers.
+    """
+
+    def __init__(self, shapes: Sequence[Sequence[int]], device: torch.device | str = "cpu"):
+        self.shapes = [tuple(int(d) for d in s) for s in shapes]
+        self.numels = [int(torch.Size(s).numel()) for s in self.shapes]
+        self.total = sum(self.numels)
+        self.node_counts = [s[0] for s in self.shapes]
+        kernel = [1 if len(s) <= 2 else n // (s[0] * s[1]) for s, n in zip(self.shapes, self.numels)]
+        self.kernel_counts = [n // k for n, k in zip(self.numels, kernel)]
+        self.n_nodes, self.n_kernels = sum(self.node_counts), sum(self.kernel_counts)
+        node_first, kernel_first, node_id, kernel_id = [], [], [], []
+        offset = unit = kunit = 0
+        for n, nodes, kernels, k in zip(self.numels, self.node_counts, self.kernel_counts, kernel):
+            row = n // nodes
+            node_first.append(offset + torch.arange(nodes, device=device) * row)
+            kernel_first.append(offset + torch.arange(kernels, device=device) * k)
+            node_id.append(torch.arange(unit, unit + nodes, device=device).repeat_interleave(row))
+            kernel_id.append(torch.arange(kunit, kunit + kernels, device=device).repeat_interleave(k))
+            offset, unit, kunit = offset + n, unit + nodes, kunit + kernels
+        # first and last flat index of every node / kernel: unit counts are differences of one cumsum
+        self._node_first = torch.cat(node_first)
+        self._node_last = self._node_first + torch.tensor([n // c for n, c in zip(self.numels, self.node_counts)],
+                                                          device=device).repeat_interleave(
+            torch.tensor(self.node_counts, device=device)) - 1
+        self._kernel_first = torch.cat(kernel_first)
+        self._kernel_last = self._kernel_first + torch.tensor(kernel, device=device).repeat_interleave(
+            torch.tensor(self.kernel_counts, device=device)) - 1
+        self.node_id = torch.cat(node_id)
+        self.kernel_id = torch.cat(kernel_id)
+
+    def views(self, flat: Tensor) -> list[Tensor]:
+        """Per-layer views of a flat tensor."""
+        return [part.view(s) for part, s in zip(torch.split(flat, self.numels), self.shapes)]
+
+    def unit_alive(self, effective: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(node_alive, kernel_alive, count)``: bool per node / kernel, true when it holds an effective
+        weight, and the number of effective weights (0-d)."""
+        # one running count instead of scatter-adds: units are contiguous runs of the flat vector
+        cs = torch.cumsum(effective, 0, dtype=torch.int32)
+
+        def alive(first_idx: Tensor, last_idx: Tensor) -> Tensor:
+            before = cs.index_select(0, first_idx) - effective.index_select(0, first_idx).to(torch.int32)
+            return cs.index_select(0, last_idx) > before
+
+        return alive(self._node_first, self._node_last), alive(self._kernel_first, self._kernel_last), cs[-1]
+
+    def broadcast(self, per_unit: Tensor, kind: str = "node") -> Tensor:
+        """Per-node (or per-kernel) values repeated over their weights (flat)."""
+        return per_unit.index_select(0, self.node_id if kind == "node" else self.kernel_id)
+
+    def per_layer(self, alive: Tensor, kind: str = "node") -> list[int]:
+        """Count of alive nodes (``kind="node"``) or kernels per layer."""
+        counts = self.node_counts if kind == "node" else self.kernel_counts
+        return torch.stack([part.sum() for part in alive.split(counts)]).tolist()
