@@ -142,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             after = _timed(b.dense_step, device)
             dense += [before, after]
             timings[key].append(cost / ((before + after) / 2))
-    print(f"dense step (unit): median {statistics.median(dense) * 1e3:.1f} ms over {len(dense)} steps")
+    print(f"dense step (unit): median {statistics.median(dense) * 1e3:.1f} ms over {len(dense)} steps "
+          f"(min {min(dense) * 1e3:.1f}, max {max(dense) * 1e3:.1f})")
+    if max(dense) > 1.5 * min(dense):
+        print("warning: the dense step varied by more than 1.5x: other load on the machine, ratios unreliable")
     print(f"{'measure':<16} {'min':>7} {'median':>7} {'max':>7} {'target':>7}  met")
     for key, ratios in timings.items():
         med = statistics.median(ratios)

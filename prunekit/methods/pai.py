@@ -130,8 +130,7 @@ class ScorePaI(Pruner):
         ctx = ctx or PruneContext()
         with train_mode(self.model, cfg.train_mode):
             for r in range(1, cfg.rounds + 1):
-                if r > 1:  # the next round scores the pruned network
-                    self.masks.apply_()
+                self.masks.apply_()  # every round scores the currently pruned network
                 self._select(self.score(ctx, r), round_sparsity(self.target_sparsity(), r, cfg.rounds,
                                                                  cfg.rounds_schedule))
         self._controls()
