@@ -12,6 +12,8 @@ explicit arguments; :data:`SCORERS` wraps them with the reference defaults.
 * :func:`prospr_scores` — ProsPr meta-gradients (Alizadeh et al., ICLR 2022)
 * :func:`magnitude_scores` — |w|
 * :class:`PathCounter` — the path-count forward of NPB / DPaI (Pham et al. 2023; Xiang et al. 2025)
+
+Lookahead (LAP) scores live in :mod:`prunekit.scoring.lap`.
 """
 from __future__ import annotations
 
@@ -54,19 +56,6 @@ def _magnitude(model, masks, ctx):
 #: ``{name: scorer(model, masks, ctx, **options)}``
 SCORERS: dict[str, Callable[..., Any]] = {"snip": _snip, "grasp": _grasp, "synflow": _synflow,
                                           "prospr": _prospr, "magnitude": _magnitude}
-
-
-def __getattr__(name: str):
-    # names of the LAP scorer module (a colleague's file) stay reachable as ``prunekit.scoring.<name>``
-    # without importing it eagerly
-    import importlib
-
-    if name.startswith("__"):
-        raise AttributeError(name)
-    try:
-        return getattr(importlib.import_module(f"{__name__}.lap"), name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
 
 
 __all__ = ["IDENTITY_TYPES", "SCORERS", "FlatLayout", "PathCounter", "SynFlowScorer", "grasp_scores",
