@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+
+from .timing import timed
 import torch.nn.functional as F
 
 import prunekit as pk
@@ -95,19 +96,6 @@ class ReferenceLike:
             self.forward(x1)  # the logging pass
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn, device: torch.device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -157,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     ratios: dict[str, list[float]] = {"bip": [], "reference": []}
     for r in range(args.repeats):
         order = list(sides) if r % 2 == 0 else list(sides)[::-1]
-        times = {name: _timed(sides[name], device) for name in order}
+        times = {name: timed(sides[name], device) for name in order}
         for name in ratios:
             ratios[name].append(times[name] / times["sgd2"])
     print(f"resnet20s, batch {args.batch_size}, {device}, {args.repeats} repeats "

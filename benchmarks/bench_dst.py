@@ -20,9 +20,10 @@ import argparse
 import copy
 import math
 import statistics
-import time
 
 import torch
+
+from .timing import timed
 import torch.nn.functional as F
 
 import prunekit as pk
@@ -34,20 +35,6 @@ TARGETS = {"enforce": 0.01, "granet_update": 0.04, "rigl_update": 0.04}
 MODELS = {"cifar_resnet20": (3, 32, 32), "lenet300_100": (1, 28, 28)}
 STEPS_PER_EPOCH, EPOCHS, DT = 1000, 100, 1000  # a GraNet run of 100k steps, pruning until step 50k
 UPDATE_STEP = 20_000
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device, inner=1) -> float:
-    _sync(device)
-    t = time.perf_counter()
-    for _ in range(inner):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - t) / inner
 
 
 # --- straightforward sort-based updates (the equivalence reference) --------------------------------
@@ -175,13 +162,13 @@ def ratios(bench: Bench, repeats: int) -> dict[str, list[float]]:
         bench.dense_step()
     for _ in range(repeats):
         for key in TARGETS:
-            before = _timed(bench.dense_step, device)
+            before = timed(bench.dense_step, device)
             if key == "enforce":
-                t = _timed(bench.enforce, device, inner=20)
+                t = timed(bench.enforce, device, inner=20)
             else:
-                t = _timed(getattr(bench, key), device)
+                t = timed(getattr(bench, key), device)
                 bench.restore(bench.granet if key == "granet_update" else bench.rigl)
-            after = _timed(bench.dense_step, device)
+            after = timed(bench.dense_step, device)
             out[key].append(t / ((before + after) / 2))
     return out
 
@@ -200,7 +187,7 @@ def main(argv=None) -> int:
         bench = Bench(name, device)
         bench.check_equivalence()
         print(f"\n{name}: fast updates == sort-based updates (GraNet exact + reference counting, RigL): ok")
-        t_dense = statistics.median(_timed(bench.dense_step, device) for _ in range(3))
+        t_dense = statistics.median(timed(bench.dense_step, device) for _ in range(3))
         print(f"dense step: {t_dense * 1e3:.2f} ms")
         print(f"{'cost / dense step':<18} {'min':>8} {'median':>8} {'max':>8} {'target':>8}")
         for key, values in ratios(bench, args.repeats).items():

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+
+from .timing import timed
 import torch.nn.functional as F
 
 import prunekit as pk
@@ -60,19 +61,6 @@ def reference_like_masks(weights: list[torch.Tensor], rates: list[float], t: int
     return masks
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn, device: torch.device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
-
-
 def bench(name: str, repeats: int, device: torch.device) -> bool:
     shape, target, t = CASES[name]
     torch.manual_seed(0)
@@ -99,7 +87,7 @@ def bench(name: str, repeats: int, device: torch.device) -> bool:
     steps = []
     for r in range(repeats):
         order = [adam_step, scoring, prune_select] if r % 2 == 0 else [scoring, prune_select, adam_step]
-        times = {fn.__name__: _timed(fn, device) for fn in order}
+        times = {fn.__name__: timed(fn, device) for fn in order}
         steps.append(times["adam_step"])
         ratios["scoring"].append(times["scoring"] / times["adam_step"])
         ratios["prune"].append(times["prune_select"] / times["adam_step"])

@@ -13,6 +13,8 @@ import statistics
 import time
 
 import torch
+
+from .timing import sync
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -103,18 +105,13 @@ def crop_variants(device: torch.device, batch: int, repeats: int = 20) -> dict[s
         assert torch.equal(fn(), ref)
         times = []
         for _ in range(repeats):
-            _sync(device)
+            sync(device)
             t = time.perf_counter()
             fn()
-            _sync(device)
+            sync(device)
             times.append(time.perf_counter() - t)
         out[name] = statistics.median(times) * 1e3
     return out
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -149,14 +146,14 @@ def main(argv: list[str] | None = None) -> float:
         t_loader = t_pure = 0.0
         for i in range(len(loader)):
             for side in ((0, 1) if loader_first else (1, 0)):
-                _sync(device)
+                sync(device)
                 t = time.perf_counter()
                 if side == 0:
                     x, y = next(it)  # the epoch's plan (order, offsets, flips) is drawn at i == 0
                     step(x, y)
                 else:
                     step(*premade[i])
-                _sync(device)
+                sync(device)
                 if side == 0:
                     t_loader += time.perf_counter() - t
                 else:
@@ -165,11 +162,11 @@ def main(argv: list[str] | None = None) -> float:
 
     def loader_only(epoch: int) -> float:
         loader.set_epoch(epoch)
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         for x, y in loader:
             pass
-        _sync(device)
+        sync(device)
         return time.perf_counter() - t
 
     paired_epoch(0, True)  # warm-up (allocator, kernels)

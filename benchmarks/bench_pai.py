@@ -18,9 +18,10 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 
 import torch
+
+from .timing import timed
 import torch.nn.functional as F
 
 import prunekit as pk
@@ -31,19 +32,6 @@ from prunekit.sparsity import erk, masks_from_scores, num_zeros
 
 SPARSITY = 0.9
 TARGETS = {"dpai_iteration": 0.05, "snip_100": 0.7, "grasp_100": 2.0, "synflow_100": 2.5}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device) -> float:
-    _sync(device)
-    t = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t
 
 
 class Bench:
@@ -130,16 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     dense: list[float] = []
     for _ in range(args.repeats):
         for key in TARGETS:
-            before = _timed(b.dense_step, device)
+            before = timed(b.dense_step, device)
             if key == "dpai_iteration":
-                t0 = _timed(lambda: b.dpai(0), device)
-                t1 = _timed(lambda: b.dpai(args.dpai_steps), device)
+                t0 = timed(lambda: b.dpai(0), device)
+                t1 = timed(lambda: b.dpai(args.dpai_steps), device)
                 cost = max(t1 - t0, 0.0) / args.dpai_steps
             else:
                 name = {"snip_100": "snip", "grasp_100": "grasp", "synflow_100": "synflow"}[key]
                 run = b.method(name, **({} if name == "synflow" else {"num_samples": 100}))
-                cost = _timed(run, device)
-            after = _timed(b.dense_step, device)
+                cost = timed(run, device)
+            after = timed(b.dense_step, device)
             dense += [before, after]
             timings[key].append(cost / ((before + after) / 2))
     print(f"dense step (unit): median {statistics.median(dense) * 1e3:.1f} ms over {len(dense)} steps "

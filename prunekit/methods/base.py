@@ -68,7 +68,7 @@ class PruneContext:
 class Pruner:
     """Base class of every method. ``Config`` is its pydantic settings model.
 
-    ``schedule`` says when the experiment runner prunes: ``"init"`` (before training), ``"after"``
+    ``schedule`` (a class attribute, or a property where a setting decides) says when the experiment runner prunes: ``"init"`` (before training), ``"after"``
     (after dense pretraining, then fine-tune), ``"during"`` (the hooks do it while training) or
     ``"none"`` (dense).
     """
@@ -85,9 +85,7 @@ class Pruner:
         self.optimizer: torch.optim.Optimizer | None = None
 
     # --- scheduling ----------------------------------------------------------------------------
-    @property
-    def schedule(self) -> str:
-        return "during"
+    schedule: ClassVar[str] = "during"  # a property where a setting decides (magnitude)
 
     # --- hooks (no-ops unless a method needs them) ----------------------------------------------
     def setup(self, ctx: PruneContext) -> None:

@@ -26,9 +26,7 @@ class Dense(Pruner):
 
     name = "dense"
 
-    @property
-    def schedule(self) -> str:
-        return "none"
+    schedule = "none"
 
     def after_optimizer_step(self, step: int) -> None:
         pass  # nothing is masked
@@ -48,9 +46,7 @@ class RandomPruning(Pruner):
     name = "random"
     config: RandomConfig
 
-    @property
-    def schedule(self) -> str:
-        return "init"
+    schedule = "init"
 
     def on_init(self, ctx: PruneContext | None = None) -> None:
         self.prune(ctx)

@@ -116,9 +116,7 @@ class BiP(Pruner):
         self.epochs = 1
         self._second: _Stream | None = None
 
-    @property
-    def schedule(self) -> str:
-        return "after"
+    schedule = "after"
 
     def setup(self, ctx: PruneContext) -> None:
         spe = ctx.steps_per_epoch or (len(ctx.batches) if hasattr(ctx.batches, "__len__") else 1)

@@ -169,9 +169,7 @@ class DPaI(Pruner):
     name = "dpai"
     config: DPaIConfig
 
-    @property
-    def schedule(self) -> str:
-        return "init"
+    schedule = "init"
 
     def __init__(self, model: nn.Module, config: DPaIConfig):
         super().__init__(model, config)

@@ -299,9 +299,7 @@ class Hydra(Pruner):
         self.norm_params, _ = split_params(model, self.bank.params)
         self._bufs: list[Tensor] = []
 
-    @property
-    def schedule(self) -> str:
-        return "after"
+    schedule = "after"
 
     def prune(self, ctx: PruneContext | None = None) -> MaskSet:
         cfg = self.config

@@ -61,9 +61,7 @@ class IMP(Pruner):
         self._dim = {"filter": 0, "channel": 1}.get(config.structure)
         self._global = self._dim is None and config.allocation == "global"
 
-    @property
-    def schedule(self) -> str:
-        return "iterative"
+    schedule = "iterative"
 
     # --- the level plan ------------------------------------------------------------------------
     def _units(self) -> list[int]:

@@ -182,9 +182,7 @@ class _LayerwisePruner(Pruner):
         return self.derived_sparsity
 
     # --- pruning -------------------------------------------------------------------------------
-    @property
-    def schedule(self) -> str:
-        return "after"
+    schedule = "after"
 
     def setup(self, ctx: PruneContext) -> None:
         self._ctx = ctx  # later iterative rounds (also after a resume) score with the phase's data
@@ -402,9 +400,7 @@ class _GlobalPruner(Pruner):
     config: GlobalConfig
     needs_data = False
 
-    @property
-    def schedule(self) -> str:
-        return "after"
+    schedule = "after"
 
     def target_sparsity(self) -> float:
         return self.config.global_sparsity()

@@ -91,9 +91,7 @@ class ScorePaI(Pruner):
     default_optimizer_state = "keep"
     config: PaIConfig
 
-    @property
-    def schedule(self) -> str:
-        return "init"
+    schedule = "init"
 
     def __init__(self, model, config: PaIConfig):
         super().__init__(model, config)
