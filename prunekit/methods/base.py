@@ -68,8 +68,9 @@ class PruneContext:
 class Pruner:
     """Base class of every method. ``Config`` is its pydantic settings model.
 
-    ``schedule`` (a class attribute, or a property where a setting decides) says when the experiment runner prunes: ``"init"`` (before training), ``"after"``
-    (after dense pretraining, then fine-tune), ``"during"`` (the hooks do it while training) or
+    ``schedule`` (a class attribute; a property where a setting decides) says when the experiment
+    runner prunes: ``"init"`` (before training), ``"after"`` (after dense pretraining, then
+    fine-tune), ``"during"`` (the hooks do it while training), ``"iterative"`` (IMP levels) or
     ``"none"`` (dense).
     """
 
