@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--store", default="runs/results.sqlite")
     res.add_argument("--recipe", default=None)
     res.set_defaults(func=cmd_results)
+    from .commands import register_all
+
+    register_all(sub)
     return p
 
 
