@@ -18,7 +18,7 @@ import statistics
 
 import torch
 
-from .timing import timed
+from .timing import record, timed
 import torch.nn.functional as F
 
 import prunekit as pk
@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, label in (("bip", "prunekit BiP iteration"), ("reference", "reference-like iteration")):
         v = ratios[name]
         print(f"  {label:<26} min {min(v):.3f}x  median {statistics.median(v):.3f}x  max {max(v):.3f}x")
+        record("bip", label, v, 1.3 if name == "bip" else None, "two plain SGD steps (resnet20s)")
 
 
 if __name__ == "__main__":

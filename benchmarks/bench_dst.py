@@ -23,7 +23,7 @@ import statistics
 
 import torch
 
-from .timing import timed
+from .timing import record, timed
 import torch.nn.functional as F
 
 import prunekit as pk
@@ -193,6 +193,7 @@ def main(argv=None) -> int:
         for key, values in ratios(bench, args.repeats).items():
             med = statistics.median(values)
             flag = "ok" if med <= TARGETS[key] else "MISSED"
+            record("dst", f"{name} {key}", values, TARGETS[key], f"dense steps of {name} (batch 128)")
             print(f"{key:<18} {min(values):>8.4f} {med:>8.4f} {max(values):>8.4f} {TARGETS[key]:>8.2f}  {flag}")
     return 0
 

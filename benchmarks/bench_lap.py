@@ -18,7 +18,7 @@ import statistics
 
 import torch
 
-from .timing import timed
+from .timing import record, timed
 import torch.nn.functional as F
 
 import prunekit as pk
@@ -94,6 +94,7 @@ def bench(name: str, repeats: int, device: torch.device) -> bool:
     print(f"{name}: {len(pruner.masks)} layers, {pruner.masks.numel():,} weights, round {t}; "
           f"Adam step median {1e3 * statistics.median(steps):.2f} ms")
     for key, vals in ratios.items():
+        record("lap", f"{name} {key}", vals, target if key == "scoring" else None, "Adam steps, batch 60")
         print(f"  {key:8s} / Adam step: min {min(vals):.3f}  median {statistics.median(vals):.3f}  "
               f"max {max(vals):.3f}" + (f"   (target <= {target})" if key == "scoring" else ""))
     ours = [m.cpu() for m in pruner._select(pruner._keep_counts(pruner.numels), None).values()]

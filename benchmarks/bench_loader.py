@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from .timing import sync
+from .timing import record, sync
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> float:
         pure.append(b)
         only.append(loader_only(r + 1))
     ratio = statistics.median(with_loader) / statistics.median(pure)
+    record("loader", f"{model_name} epoch / pure steps", [a / b for a, b in zip(with_loader, pure)], 1.05,
+           "sum of the epoch's pure training steps")
     nb = len(loader)
     print(f"device={device} model={model_name} images={args.images} batch={args.batch} batches/epoch={nb} "
           f"repeats={args.repeats} threads={torch.get_num_threads()}")

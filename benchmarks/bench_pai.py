@@ -21,7 +21,7 @@ import statistics
 
 import torch
 
-from .timing import timed
+from .timing import record, timed
 import torch.nn.functional as F
 
 import prunekit as pk
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'measure':<16} {'min':>7} {'median':>7} {'max':>7} {'target':>7}  met")
     for key, ratios in timings.items():
         med = statistics.median(ratios)
+        record("pai", key, ratios, TARGETS[key], "dense steps of cifar_resnet20 (batch 128)")
         print(f"{key:<16} {min(ratios):>7.3f} {med:>7.3f} {max(ratios):>7.3f} {TARGETS[key]:>7.2f}  "
               f"{'yes' if med <= TARGETS[key] else 'NO'}")
     return 0 if ok else 1

@@ -1,6 +1,10 @@
-"""Shared timing helpers for the benchmarks: wall time with the device synchronised around the call."""
+"""Shared helpers for the benchmarks: wall time with the device synchronised around the call, and the
+machine-readable record of each measured ratio that ``benchmarks.run_all`` collects into the docs."""
 from __future__ import annotations
 
+import json
+import os
+import statistics
 import time
 from typing import Callable
 
@@ -21,3 +25,17 @@ def timed(fn: Callable[[], object], device: torch.device, inner: int = 1) -> flo
         fn()
     sync(device)
     return (time.perf_counter() - t0) / inner
+
+
+def record(bench: str, measure: str, values: list[float], target: float | None, unit: str) -> None:
+    """Append one measured ratio to the JSON-lines file named by ``PRUNEKIT_BENCH_RESULTS`` (set by
+    ``benchmarks.run_all``); without it, nothing. ``values``: one ratio per repeat."""
+    path = os.environ.get("PRUNEKIT_BENCH_RESULTS")
+    if not path:
+        return
+    med = statistics.median(values)
+    row = {"bench": bench, "measure": measure, "unit": unit, "repeats": len(values), "min": min(values),
+           "median": med, "max": max(values), "target": target,
+           "met": None if target is None else bool(med <= target)}
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")

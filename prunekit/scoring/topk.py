@@ -43,13 +43,23 @@ class SegmentTopK:
         self.outs = self.buf.split(self.sizes)
         self.tie_break = torch.arange(total - 1, -1, -1, device=device, dtype=torch.int64)
 
-    def __call__(self, scores: Tensor, keep: Sequence[int], nonnegative: bool = False) -> Tensor:
-        """``keep[i]`` largest entries of segment ``i`` of ``scores``; returns the (shared) buffer."""
-        if scores.dtype == torch.float64:  # no spare bits for the index: the generic exact selection
-            for part, out, k in zip(scores.split(self.sizes), self.outs, keep):
-                topk_mask(part, max(0, min(int(k), part.numel())), out=out)
-            return self.buf
+    def __call__(self, scores: Tensor, keep: Sequence[int], nonnegative: bool = False,
+                 active: Tensor | None = None) -> Tensor:
+        """``keep[i]`` largest entries of segment ``i`` of ``scores``; returns the (shared) buffer.
+
+        ``active`` (bool, like ``scores``): inactive entries rank below every active one, as if their
+        score were ``-inf`` (iterative pruning never revives a removed weight).
+        """
+        if scores.dtype == torch.float64 or (active is not None and not nonnegative):
+            if active is not None:  # the generic exact selection (float64 has no spare bits for the index)
+                scores = scores.masked_fill(~active, -torch.inf)
+            if scores.dtype == torch.float64:
+                for part, out, k in zip(scores.split(self.sizes), self.outs, keep):
+                    topk_mask(part, max(0, min(int(k), part.numel())), out=out)
+                return self.buf
         keys = order_keys(scores, self.tie_break, nonnegative)
+        if active is not None and nonnegative:
+            keys.add_(1).mul_(active)  # active keys >= 1, inactive 0: cheaper than a -inf fill and sign fix-up
         for part, out, size, k in zip(keys.split(self.sizes), self.outs, self.sizes, keep):
             if k >= size:
                 out.fill_(True)

@@ -115,14 +115,16 @@ class MaskSet:
     def _mask_factors(self) -> list[Tensor]:
         # Multiplying by a float tensor is ~4x faster than by bool; the float copies are refreshed
         # only when a mask's in-place version counter moved (no host sync, no per-step allocation).
+        # They take the parameter's layout (e.g. channels_last), so the multiply streams both alike.
         params = self.params
         if len(self._factors) != len(params):
-            self._factors = [m.to(p.dtype) for m, p in zip(self._masks.values(), params)]
+            self._factors = [torch.empty_like(p).copy_(m) for m, p in zip(self._masks.values(), params)]
             self._versions = [m._version for m in self._masks.values()]
             return self._factors
-        for i, m in enumerate(self._masks.values()):
-            if m._version != self._versions[i] or self._factors[i].dtype != params[i].dtype:
-                self._factors[i] = m.to(params[i].dtype)
+        for i, (m, p) in enumerate(zip(self._masks.values(), params)):
+            f = self._factors[i]
+            if m._version != self._versions[i] or f.dtype != p.dtype or f.stride() != p.stride():
+                self._factors[i] = torch.empty_like(p).copy_(m)
                 self._versions[i] = m._version
         return self._factors
 

@@ -46,7 +46,7 @@ class TrainConfig(BaseModel):
     eval_every: int | None = None  # optimizer steps between evaluations; None: every epoch
     label_smoothing: float = 0.0
     amp: Literal["off", "bf16", "fp16"] = "off"
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: on for models with 2-D convolutions (NHWC is faster there)
     compile: bool = False
 
     @field_validator("duration")
