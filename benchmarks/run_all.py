@@ -31,7 +31,7 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
     "dst": ("benchmarks.bench_dst", ["--repeats", "7"], ["--repeats", "2"]),
     "bip": ("benchmarks.bench_bip", ["--repeats", "9"], ["--repeats", "2"]),
     "lap": ("benchmarks.bench_lap", ["--repeats", "15"], ["--repeats", "2"]),
-    "structured": ("benchmarks.bench_structured", [], ["--quick"]),
+    "structured": ("benchmarks.bench_structured", ["--repeats", "15"], ["--repeats", "2"]),
 }
 
 
@@ -82,7 +82,7 @@ def render(rows: list[dict], runs: dict[str, tuple[str, float, str]], header: st
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        target = "—" if r["target"] is None else f"≤ {r['target']:g}"
+        target = "—" if r["target"] is None else f"{'≥' if r.get('at_least') else '≤'} {r['target']:g}"
         met = "—" if r["met"] is None else ("yes" if r["met"] else "**no**")
         lines.append(f"| {r['bench']} | {r['measure']} | {r['unit']} | {r['repeats']} | {r['min']:.3f} | "
                      f"{r['median']:.3f} | {r['max']:.3f} | {target} | {met} |")

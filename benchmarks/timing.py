@@ -27,15 +27,17 @@ def timed(fn: Callable[[], object], device: torch.device, inner: int = 1) -> flo
     return (time.perf_counter() - t0) / inner
 
 
-def record(bench: str, measure: str, values: list[float], target: float | None, unit: str) -> None:
+def record(bench: str, measure: str, values: list[float], target: float | None, unit: str,
+           at_least: bool = False) -> None:
     """Append one measured ratio to the JSON-lines file named by ``PRUNEKIT_BENCH_RESULTS`` (set by
-    ``benchmarks.run_all``); without it, nothing. ``values``: one ratio per repeat."""
+    ``benchmarks.run_all``); without it, nothing. ``values``: one ratio per repeat; the target is an
+    upper bound, or a lower bound with ``at_least``."""
     path = os.environ.get("PRUNEKIT_BENCH_RESULTS")
     if not path:
         return
     med = statistics.median(values)
+    met = None if target is None else bool(med >= target if at_least else med <= target)
     row = {"bench": bench, "measure": measure, "unit": unit, "repeats": len(values), "min": min(values),
-           "median": med, "max": max(values), "target": target,
-           "met": None if target is None else bool(med <= target)}
+           "median": med, "max": max(values), "target": target, "at_least": at_least, "met": met}
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")

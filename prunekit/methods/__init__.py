@@ -7,6 +7,7 @@ from . import hydra  # noqa: F401  (registers hydra)
 from . import bip  # noqa: F401  (registers bip)
 from . import imp  # noqa: F401  (registers imp)
 from . import dst, gmp  # noqa: F401  (registers set, rigl; gmp, granet, granet_uniform)
+from . import structured  # noqa: F401  (registers structured)
 from .base import MethodConfig, PruneContext, Pruner
 from .registry import METHODS, create, method_config
 

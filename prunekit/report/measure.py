@@ -1,9 +1,10 @@
 """Parameters and FLOPs, dense and sparsity-aware.
 
-FLOPs are counted for one forward pass of one sample as 2 × multiply-accumulates of every conv and
-linear layer (the convention of the RigL and GraNet papers' FLOP tables); the sparse count scales each
-layer by the density of its mask (a masked weight does no work). Other layers (BN, activations,
-pooling) are negligible and not counted.
+FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` for one forward pass of one
+sample: 2 x multiply-accumulates of every matrix multiplication and convolution (the convention of the
+RigL and GraNet papers' FLOP tables); element-wise layers (BN, activations, pooling) are negligible and
+not counted. The sparse count scales each masked layer's FLOPs by the density of its weight mask (a
+masked weight does no work); a compact model's dense count is what it really costs.
 """
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from typing import Mapping
 
 import torch
 from torch import nn
-
-from ..sparsity.targets import CONV_TYPES
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def count_params(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, int]:
@@ -20,37 +20,42 @@ def count_params(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = No
     total = sum(p.numel() for p in model.parameters())
     pruned = 0
     if masks is not None:
-        pruned = sum(int((~m).sum()) for m in masks.values())
+        pruned = sum(int((~m.to(torch.bool)).sum()) for m in masks.values())
     return {"params": total, "nonzero": total - pruned}
 
 
 @torch.no_grad()
-def count_flops(model: nn.Module, input_shape: tuple[int, ...], masks: Mapping[str, torch.Tensor] | None = None,
-                device: torch.device | str = "cpu") -> dict[str, float]:
-    """``{"flops": dense, "sparse_flops": with masks}`` for one sample of shape ``input_shape``."""
-    density = {}
-    if masks is not None:
-        density = {name[: -len(".weight")]: float(m.float().mean()) for name, m in masks.items() if name.endswith(".weight")}
-    totals = {"flops": 0.0, "sparse_flops": 0.0}
-    hooks = []
-
-    def hook(name):
-        def fn(module, inputs, output):
-            per_output = module.weight[0].numel()  # conv: in/groups*k*k; linear: in_features
-            macs = output.numel() / output.shape[0] * per_output
-            totals["flops"] += 2.0 * macs
-            totals["sparse_flops"] += 2.0 * macs * density.get(name, 1.0)
-        return fn
-
-    for name, module in model.named_modules():
-        if isinstance(module, CONV_TYPES + (nn.Linear,)):
-            hooks.append(module.register_forward_hook(hook(name)))
+def module_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.device | str = "cpu") -> dict[str, float]:
+    """``{module name: FLOPs of one sample}`` for every module (a parent includes its children; the
+    model itself is ``""``), counted in eval mode."""
     was_training = model.training
     model.eval()
     try:
-        model(torch.zeros((1, *input_shape), device=device))
+        with FlopCounterMode(display=False) as counter:
+            model(torch.zeros((1, *input_shape), device=device))
     finally:
-        for h in hooks:
-            h.remove()
         model.train(was_training)
-    return totals
+    prefix = type(model).__name__
+    out: dict[str, float] = {}
+    for key, ops in counter.get_flop_counts().items():
+        if key == "Global":
+            continue
+        name = "" if key == prefix else key[len(prefix) + 1:] if key.startswith(prefix + ".") else key
+        out[name] = float(sum(ops.values()))
+    return out
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, ...], masks: Mapping[str, torch.Tensor] | None = None,
+                device: torch.device | str = "cpu") -> dict[str, float]:
+    """``{"flops": dense, "sparse_flops": with masks}`` for one sample of shape ``input_shape``.
+
+    A mask may be a bool tensor or any tensor whose mean is the layer's density.
+    """
+    per_module = module_flops(model, input_shape, device)
+    dense = per_module.get("", 0.0)
+    saved = 0.0
+    for name, m in (masks or {}).items():
+        if name.endswith(".weight") or name == "weight":
+            layer = name[: -len(".weight")] if name != "weight" else ""
+            saved += per_module.get(layer, 0.0) * (1.0 - float(m.float().mean()))
+    return {"flops": dense, "sparse_flops": dense - saved}

@@ -1,0 +1,226 @@
+"""Channel (filter) pruning that the compact export can remove: ``structured``.
+
+Any per-weight scorer, aggregated per channel over the output filters that write it (Li et al.,
+"Pruning Filters for Efficient ConvNets", ICLR 2017: L1 norm of the filter; L2; first-order Taylor
+``|w * dL/dw|``, Molchanov et al., ICLR 2017; SNIP/GraSP/SynFlow scores; or scores learned by
+BiP/HYDRA, passed to :meth:`StructuredPruner.prune_scores`). Channels are chosen per *dependency group*
+(Fang et al., DepGraph, CVPR 2023): a residual stream's channel is kept or removed in every layer
+that writes it, so every pruned channel physically disappears in
+:func:`prunekit.export.compact_model`.
+
+``sparsity`` here is the fraction of *channels* removed (per group for ``allocation="uniform"``, over
+all eligible channels for ``"global"``, with scores normalised by their group mean as Torch-Pruning's
+``normalizer="mean"``); the weight sparsity that results is ``masks.sparsity()``. ``round_to`` keeps
+every pruned width a multiple of that number (8 suits SIMD and tensor cores). A removed channel masks
+the producers' output rows and the readers' input columns, and its BatchNorm scale/shift and the
+producers' biases are held at zero on every :meth:`enforce` (the channel-masked model of
+:mod:`prunekit.export.compact`), so the masked model is exactly the compact one.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Literal, Mapping
+
+import torch
+from pydantic import field_validator
+from torch import Tensor
+
+from ..errors import ConfigError, MaskError
+from ..export.graph import ChannelGather, ChannelGraph
+from ..sparsity import num_keep, topk_mask
+from .base import MethodConfig, PruneContext, Pruner
+from .basic import MagnitudePruning
+from .registry import METHODS
+
+OWN_SCORERS = ("taylor",)
+
+
+class StructuredConfig(MethodConfig):
+    scorer: str = "magnitude"  # "taylor" or a prunekit.scoring.SCORERS name
+    reduce: Literal["l1", "l2"] = "l1"
+    allocation: Literal["uniform", "global"] = "uniform"
+    round_to: int = 1
+    prune_coupled: bool = True  # also groups written by several layers (residual streams)
+    when: Literal["init", "after"] = "after"
+    input_shape: tuple[int, ...] | None = None  # one sample; None: taken from ctx.batches
+
+    @field_validator("scorer")
+    @classmethod
+    def _known_scorer(cls, v: str) -> str:
+        from ..scoring import SCORERS
+
+        allowed = (*OWN_SCORERS, *SCORERS)
+        if v not in allowed:
+            raise ValueError(f"allowed: {', '.join(allowed)}")
+        return v
+
+    @field_validator("round_to")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("allowed: an integer >= 1")
+        return v
+
+
+def rounded_keep(n: int, keep: int, round_to: int) -> int:
+    """``keep`` of ``n`` channels rounded to the nearest multiple of ``round_to`` (at least one
+    multiple, at most ``n``; at least 1)."""
+    if round_to > 1 and n > round_to:
+        keep = max(round_to, int(math.floor(keep / round_to + 0.5)) * round_to)
+    return max(1, min(n, keep))
+
+
+@METHODS.register("structured", family="structured", when="after", unit="channel")
+class StructuredPruner(Pruner):
+    """Dependency-aware channel pruning (module docstring); call :meth:`prune` (or ``on_init`` with
+    ``when="init"``), fine-tune with the usual hooks, export with ``prunekit.export.compact_model``."""
+
+    Config = StructuredConfig
+    name = "structured"
+    config: StructuredConfig
+
+    def __init__(self, model, config: StructuredConfig):
+        super().__init__(model, config)
+        self.side_masks: dict[str, Tensor] = {}  # biases and BN scale/shift of removed channels
+
+    # like magnitude pruning: ``when`` picks pruning at initialization or after pretraining
+    schedule = MagnitudePruning.schedule
+    on_init = MagnitudePruning.on_init
+
+    # --- scoring ---------------------------------------------------------------------------------
+    def _example(self, ctx: PruneContext | None) -> Tensor:
+        device = self.masks.params[0].device
+        if self.config.input_shape is not None:
+            return torch.zeros((2, *self.config.input_shape), device=device)
+        if ctx is not None and ctx.batches is not None:
+            for x, _ in ctx.batches:
+                return x[:2].to(device)
+        raise ConfigError("structured: tracing the channel groups needs method.input_shape or ctx.batches")
+
+    def _scores(self, ctx: PruneContext | None) -> dict[str, Tensor]:
+        from ..scoring import SCORERS, snip_scores
+        from ..scoring.data import take_samples
+
+        name = self.config.scorer
+        if name == "taylor":
+            if ctx is None:
+                raise ConfigError("structured: scorer 'taylor' needs data (ctx.batches)")
+            data = take_samples(ctx.batches, 100, self.masks.params[0].device, "structured taylor")
+            return snip_scores(self.model, self.masks, data, ctx.loss_fn, normalize=False)
+        return SCORERS[name](self.model, self.masks, ctx or PruneContext())
+
+    def prune(self, ctx: PruneContext | None = None):
+        return self.prune_scores(self._scores(ctx), ctx)
+
+    # --- selection -------------------------------------------------------------------------------
+    def _eligible(self, graph) -> list:
+        out = []
+        for g in graph.prunable_groups():
+            producers = g.producers()
+            weighted = [m for m in producers if hasattr(m.module, "weight")]
+            if not weighted or any(f"{m.name}.weight" not in self.masks for m in weighted):
+                continue
+            if not self.config.prune_coupled and len(producers) > 1:
+                continue
+            out.append(g)
+        return out
+
+    def _channel_scores(self, group, scores: Mapping[str, Tensor]) -> Tensor:
+        total = torch.zeros(group.size, dtype=torch.float64)
+        for m in group.producers():
+            s = scores.get(f"{m.name}.weight")
+            if s is None:
+                continue
+            rows = s.detach().abs().double().cpu()[m.idxs].reshape(len(m.idxs), -1)
+            agg = rows.sum(1) if self.config.reduce == "l1" else rows.pow(2).sum(1)
+            total.index_add_(0, torch.tensor(m.root, dtype=torch.long), agg)
+        return total if self.config.reduce == "l1" else total.sqrt()
+
+    def _keep_counts(self, groups, channel_scores: list[Tensor]) -> list[int]:
+        cfg, sp = self.config, self.target_sparsity()
+        if cfg.allocation == "uniform":
+            keep = [num_keep(g.size, sp) for g in groups]
+        else:
+            normed = [s / s.mean().clamp_min(1e-300) for s in channel_scores]
+            chosen = topk_mask(torch.cat(normed), num_keep(sum(g.size for g in groups), sp))
+            keep = [int(part.sum()) for part in torch.split(chosen, [g.size for g in groups])]
+        return [rounded_keep(g.size, k, cfg.round_to) for g, k in zip(groups, keep)]
+
+    def _select(self, group, scores: Tensor, keep: int, gather_removed: dict[int, set[int]]) -> Tensor:
+        """Top-``keep`` channels of ``group``; a channel an option-A shortcut copies from a kept input
+        channel is always kept (removing it would not be exact)."""
+        forced = torch.zeros(group.size, dtype=torch.bool)
+        for m in group.producers():
+            if isinstance(m.module, ChannelGather):
+                gone = gather_removed.get(id(m.module), set())
+                src = m.module.gather.cpu()[m.idxs].tolist()
+                live = [s != m.module.in_channels and s not in gone for s in src]
+                forced[torch.tensor(m.root, dtype=torch.long)[torch.tensor(live, dtype=torch.bool)]] = True
+        n_forced = int(forced.sum())
+        if n_forced > keep:
+            keep = min(group.size, -(-n_forced // self.config.round_to) * self.config.round_to)
+        return topk_mask(scores.masked_fill(forced, math.inf), keep)
+
+    @torch.no_grad()
+    def prune_scores(self, scores: Mapping[str, Tensor], ctx: PruneContext | None = None):
+        """Masks from per-weight ``scores`` (``{weight name: tensor}``, e.g. a HYDRA/BiP pruner's
+        ``dict(zip(bank.names, bank.scores_v))``), aggregated per channel and chosen per group."""
+        graph = ChannelGraph(copy.deepcopy(self.model), self._example(ctx))
+        groups = self._eligible(graph)
+        channel_scores = [self._channel_scores(g, scores) for g in groups]
+        new = {n: torch.ones_like(m) for n, m in self.masks.items()}
+        side: dict[str, Tensor] = {}
+        params = dict(self.model.named_parameters())
+        gather_removed: dict[int, set[int]] = {}  # ChannelGather -> its removed input channels
+        for g, s, k in zip(groups, channel_scores, self._keep_counts(groups, channel_scores)):
+            removed = ~self._select(g, s, k, gather_removed)
+            for m in g.members:
+                sel = removed[torch.tensor(m.root, dtype=torch.long)]
+                idxs = torch.tensor(m.idxs, dtype=torch.long)[sel]
+                if not len(idxs):
+                    continue
+                if m.role == "consumer":
+                    if isinstance(m.module, ChannelGather):
+                        gather_removed.setdefault(id(m.module), set()).update(idxs.tolist())
+                    if f"{m.name}.weight" in new:
+                        new[f"{m.name}.weight"][:, idxs.to(new[f"{m.name}.weight"].device)] = False
+                    continue
+                if m.role == "producer" and f"{m.name}.weight" in new:
+                    new[f"{m.name}.weight"][idxs.to(new[f"{m.name}.weight"].device)] = False
+                for attr in ("bias",) if m.role == "producer" else ("weight", "bias"):
+                    pname = f"{m.name}.{attr}"
+                    if pname in params:
+                        keep = side.setdefault(pname, torch.ones_like(params[pname], dtype=torch.bool))
+                        keep[idxs.to(keep.device)] = False
+        self.masks.update_(new)
+        self.side_masks = side
+        self._side_factors = None
+        self.enforce()
+        return self.masks
+
+    # --- enforcement and state -------------------------------------------------------------------
+    @torch.no_grad()
+    def enforce(self) -> None:
+        super().enforce()
+        if self.side_masks:
+            if getattr(self, "_side_factors", None) is None:
+                params = dict(self.model.named_parameters())
+                self._side_params = [params[n] for n in self.side_masks]
+                self._side_factors = [m.to(p.dtype) for m, p in zip(self.side_masks.values(), self._side_params)]
+            torch._foreach_mul_(self._side_params, self._side_factors)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["side_masks"] = {n: m.clone() for n, m in self.side_masks.items()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        params = dict(self.model.named_parameters())
+        side = state.get("side_masks", {})
+        bad = [n for n, m in side.items() if n not in params or params[n].shape != m.shape]
+        if bad:
+            raise MaskError(f"structured: state side mask {bad[0]!r} names no parameter of that shape")
+        self.side_masks = {n: m.to(params[n].device, torch.bool) for n, m in side.items()}
+        self._side_factors = None
