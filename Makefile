@@ -5,8 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
+REPORT := runs/report
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-browser chromium bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +20,26 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# The quickstart recipe (6 runs), then the same recipe swept over 5 sparsities x 3 seeds with 2 worker
+# processes (its 6 finished runs are reused), then the report: tables, plots and HTML from the store.
 demo: $(STAMP)
 	$(VENV)/bin/prunekit run recipes/quickstart.yaml
+	$(VENV)/bin/prunekit sweep sweeps/quickstart_grid.yaml --workers 2 --quiet
+	$(VENV)/bin/prunekit report --store runs/results.sqlite --out $(REPORT)
 
+# The HTML report's browser test runs in `make test` whenever Chromium is installed (and skips otherwise).
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=12 tests
+
+# Debian's chromium for that test (about 20 s: 25 packages, 113 MB), then only the browser test, required.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium; }
+
+test-browser: $(STAMP) chromium
+	PRUNEKIT_REQUIRE_CHROMIUM=1 $(PY) -m pytest -q tests/test_report_browser.py
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all

@@ -42,3 +42,9 @@ class NumericError(PrunekitError):
 
 class LayerCollapseError(MaskError):
     """A mask disconnects the network (a layer keeps no effective weight)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

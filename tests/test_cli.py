@@ -3,6 +3,7 @@ import pytest
 import yaml
 
 from prunekit.cli import main
+from tests.reliability import cli_error, record
 
 
 def run_cli(capsys, *argv):
@@ -11,37 +12,61 @@ def run_cli(capsys, *argv):
     return code, out, err
 
 
-@pytest.mark.parametrize(
-    "override, expected",
-    [
-        ("trian.lr=0.1", "unknown key 'trian' (did you mean 'train'?)"),
-        ("train.lrr=0.1", "unknown key 'train.lrr' (did you mean 'lr'?)"),
-        ("method.name=magnitud", "unknown method 'magnitud' (did you mean 'magnitude'?)"),
-        ("method.sparsity=1.5", "method.sparsity=1.5: allowed: a float in [0, 1)"),
-        ("method.sparsity=.nan", "method.sparsity=nan"),
-        ("train.duration=0ep", "train.duration"),
-        ("model.name=lenet3000", "unknown model 'lenet3000'"),
-        ("data.name=mnits", "unknown dataset 'mnits'"),
-        ("data.root=/nonexistent/mnist", "/nonexistent/mnist"),
-    ],
-)
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, override, expected):
+BAD_OVERRIDES = [
+    (["trian.lr=0.1"], "unknown key 'trian' (did you mean 'train'?)"),
+    (["train.lrr=0.1"], "unknown key 'train.lrr' (did you mean 'lr'?)"),
+    (["train.lr=abc"], "train.lr='abc': Input should be a valid number"),
+    (["seed=[1, 2]"], "seed=[1, 2]: Input should be a valid integer"),
+    (["method.name=magnitud"], "unknown method 'magnitud' (did you mean 'magnitude'?)"),
+    (["method.sparsity=1.5"], "method.sparsity=1.5: allowed: a float in [0, 1)"),
+    (["method.sparsity=-0.1"], "method.sparsity=-0.1: allowed: a float in [0, 1)"),
+    (["method.sparsity=.nan"], "method.sparsity=nan: allowed: a float in [0, 1)"),
+    (["train.duration=0ep"], "train.duration='0ep': duration '0ep' must be positive"),
+    (["train.duration=-3ep"], "train.duration='-3ep': '-3ep' is not a duration; allowed: '<n>ep' or '<n>it'"),
+    (["finetune.duration=0it"], "finetune.duration='0it': duration '0it' must be positive"),
+    (["train.eval_every=0"], "eval_every must be a positive number of steps"),
+    (["data.batch_size=0"], "data.batch_size=0: Input should be greater than 0"),
+    (["model.name=lenet3000"], "unknown model 'lenet3000' (did you mean 'lenet300_100'"),
+    (["data.name=mnits"], "unknown dataset 'mnits' (did you mean 'mnist'"),
+    (["data.root=/nonexistent/mnist"], "/nonexistent/mnist"),
+    (["method={name: bip, sparsity: 0.5, structure: filter}"],
+     "method.structure='filter' prunes conv filters but model 'lenet300_100' has no conv layer; "
+     "allowed: structure='unstructured'"),
+    (["model.name=lenet5", "model.kwargs={in_channels: 3}"],
+     "model 'lenet5' does not accept 'mnist' inputs of shape (1, 28, 28)"),
+    (["model.kwargs={num_classes: 100}"], "model.kwargs.num_classes=100 but dataset 'mnist' has 10 classes"),
+    (["method={name: snip, sparsity: 0.5, targets: {include: ['head*']}}"],
+     "method.targets={'include': ['head*']} selects no weight of model 'lenet300_100'"),
+]
+
+
+@pytest.mark.parametrize("overrides, expected", [pytest.param(o, e, id=" ".join(o)) for o, e in BAD_OVERRIDES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, overrides, expected):
     root = tmp_path / "runs"
-    code, out, err = run_cli(capsys, "run", "lenet300_mnist", f"output.root={root}", override)
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("prunekit: error: "), err
-    assert expected in lines[0]
-    assert not root.exists()
+    line = cli_error(capsys, ["run", "lenet300_mnist", f"output.root={root}", *overrides], written=root)
+    assert expected in line
+    record("config", f"`prunekit run lenet300_mnist {' '.join(overrides)}`", f"exit 2, nothing written: `{line}`")
+
+
+def test_incompatible_grid_point_fails_before_the_first_run(capsys, tmp_path):
+    """The third grid point cannot run: nothing of the first two is written either."""
+    root = tmp_path / "runs"
+    grid = "grid={model.name: [mlp, lenet300_100, lenet5]}"
+    line = cli_error(capsys, ["run", "quickstart", f"output.root={root}", grid], written=root)
+    assert line == "prunekit: error: lenet5: input_size=8 is not allowed; allowed: an integer >= 16"
+    record("config", f"`prunekit run quickstart {grid}` (8x8 digits; the third model needs 16x16)",
+           f"exit 2 before the first run starts, nothing written: `{line}`")
 
 
 def test_unknown_recipe_and_bad_yaml(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "run", "quickstrat")
-    assert code == 2 and "did you mean 'quickstart'" in err
+    line = cli_error(capsys, ["run", "quickstrat"])
+    assert "unknown recipe 'quickstrat' (did you mean 'quickstart'?)" in line
+    record("config", "`prunekit run quickstrat`", f"exit 2: `{line[:90]}...`")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {name: mlp\n")
-    code, _, err = run_cli(capsys, "run", str(bad))
-    assert code == 2 and "bad.yaml" in err and len(err.strip().splitlines()) == 1
+    line = cli_error(capsys, ["run", str(bad)])
+    assert "bad.yaml: line 2 is not valid YAML" in line
+    record("config", "a recipe with a YAML syntax error (`model: {name: mlp`)", f"exit 2: `{line}`", tmp_path=tmp_path)
     bad.write_text("- just\n- a list\n")
     code, _, err = run_cli(capsys, "show", str(bad))
     assert code == 2 and "must be a mapping" in err

@@ -175,3 +175,12 @@ def test_checksum_changes_with_mask():
     a = masks.checksum()
     masks["fc.weight"][0, 1] = False
     assert masks.checksum() != a
+
+
+def test_checksum_sees_any_single_flip_including_the_first_position():
+    masks = MaskSet({"w": torch.ones(4, 300, dtype=torch.bool)})
+    base = masks.checksum()
+    for i in (0, 1, 299, 1199):
+        m = masks.copy()
+        m["w"].view(-1)[i] = False
+        assert m.checksum() != base, i

@@ -18,23 +18,11 @@ import zipfile
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-from .checksums import file_digest
+from ..utils.io import fsync_dir
+from .checksums import verify_file
 
 _CHUNK = 1 << 20
 USER_AGENT = "prunekit-data/0.1 (+urllib)"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def download_file(url: str, dest: str | os.PathLike, *, md5: str | None = None, sha256: str | None = None,
@@ -77,7 +65,7 @@ def download_file(url: str, dest: str | os.PathLike, *, md5: str | None = None, 
                 if got != expected.lower():
                     raise DataError(f"{url}: {algorithm} checksum mismatch for {dest.name}: expected {expected}, got {got}")
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return dest
     finally:
         if tmp.exists():
@@ -101,7 +89,7 @@ def _safe_extract_zip(archive: Path, dest_dir: Path, top: str) -> Path:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp / top, final)
-        _fsync_dir(dest_dir)
+        fsync_dir(dest_dir)
         return final
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -156,9 +144,7 @@ def verify(name: str, root: str | os.PathLike) -> list[Path]:
             continue
         for d in (Path(root), Path(root) / spec.name):
             if (d / f.name).is_file():
-                for algorithm, expected in (("sha256", f.sha256), ("md5", f.md5)):
-                    if expected and (got := file_digest(d / f.name, algorithm)) != expected:
-                        raise DataError(f"{d / f.name}: {algorithm} checksum mismatch: expected {expected}, got {got}")
+                verify_file(d / f.name, md5=f.md5, sha256=f.sha256)
                 checked.append(d / f.name)
                 break
     if not checked and any(f.md5 or f.sha256 for f in spec.files):

@@ -73,6 +73,7 @@ class TensorLoader:
         self.stream = stream
         self.epoch = 0  # epoch of the current / last iteration
         self._next_epoch = 0
+        self.rank, self.world_size = 0, 1  # this process's share of every batch (set_shard)
         if self.drop_last and len(data) < batch_size:
             raise ConfigError(f"batch_size={batch_size} with drop_last=True leaves no batch of the "
                               f"{len(data)} samples of {data.name}")
@@ -92,6 +93,20 @@ class TensorLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     # -- epochs -------------------------------------------------------------------------------------
+
+    def set_shard(self, rank: int, world_size: int) -> None:
+        """Yield only positions ``rank, rank + world_size, ...`` of every batch: data-parallel training
+        splits each global batch of ``batch_size`` across ``world_size`` processes, which all draw the
+        same epoch plan (:mod:`prunekit.distributed`)."""
+        _check_int("world_size", world_size, 1)
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ConfigError(f"rank={rank!r} not allowed; allowed: an integer in [0, {world_size})")
+        last = self.num_samples % self.batch_size
+        if self.batch_size < world_size or (not self.drop_last and 0 < last < world_size):
+            raise ConfigError(f"batch_size={self.batch_size} over {self.num_samples} samples leaves a batch of fewer "
+                              f"than {world_size} samples (one per process); allowed: batch_size >= {world_size} "
+                              f"and drop_last=True or a last batch of >= {world_size}")
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         """The next iteration is epoch ``epoch`` (its order and augmentation depend only on it)."""
@@ -125,7 +140,7 @@ class TensorLoader:
         params = {k: self._to_device(v) for k, v in params.items()}
         n, bs = self.num_samples, self.batch_size
         for b in range(len(self)):
-            sl = slice(b * bs, min((b + 1) * bs, n))
+            sl = slice(b * bs + self.rank, min((b + 1) * bs, n), self.world_size)
             yield self._batch(order[sl], {k: v[sl] for k, v in params.items()})
 
     def _batch(self, index: torch.Tensor, params: dict[str, torch.Tensor]) -> Batch:
@@ -170,7 +185,7 @@ class TensorLoader:
             idx = self._to_device(idx[lo:hi].reshape(-1))
             params = {k: self._to_device(v[lo * bs:hi * bs]) for k, v in params.items()}
             for i in range(hi - lo):
-                sl = slice(i * bs, (i + 1) * bs)
+                sl = slice(i * bs + self.rank, (i + 1) * bs, self.world_size)
                 yield self._batch(idx[sl], {k: v[sl] for k, v in params.items()})
             step = (chunk + 1) * _RANDOM_CHUNK
 

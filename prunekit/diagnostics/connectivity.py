@@ -111,9 +111,11 @@ def _connectivity(model: nn.Module, masks: MaskSet, input_shape: Sequence[int]) 
 
 
 def check_layer_collapse(model: nn.Module, masks: MaskSet, input_shape: Sequence[int],
-                         raise_error: bool = False) -> list[str]:
-    """Names of collapsed layers (no effective weight). Warns when there are any; with
-    ``raise_error=True`` raises :class:`~prunekit.errors.LayerCollapseError` instead."""
+                         raise_error: bool | str = False) -> list[str]:
+    """Names of collapsed layers (no effective weight). Warns when there are any; raises
+    :class:`~prunekit.errors.LayerCollapseError` instead with ``raise_error=True``, or with
+    ``raise_error="disconnected"`` only when no input->output path is left (a residual network whose
+    shortcut branch is cut still trains)."""
     eff = effective_masks(model, masks, input_shape)
     collapsed = [n for n, e in eff.items() if not bool(e.any())]
     if collapsed:
@@ -121,8 +123,8 @@ def check_layer_collapse(model: nn.Module, masks: MaskSet, input_shape: Sequence
         what = "the network has no input->output path" if total else "a branch is cut"
         msg = (f"layer collapse: {len(collapsed)} of {len(eff)} layers keep no effective weight ({what}): "
                + ", ".join(collapsed[:5]) + (" ..." if len(collapsed) > 5 else ""))
-        if raise_error:
-            raise LayerCollapseError(msg)
+        if raise_error is True or (raise_error == "disconnected" and total):
+            raise LayerCollapseError(msg + "; allowed: a lower sparsity or another allocation")
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
     return collapsed
 

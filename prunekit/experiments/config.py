@@ -1,22 +1,28 @@
 """The typed experiment configuration, loaded from YAML recipes with ``key=value`` overrides.
 
-Unknown keys are rejected with a suggestion, values are type-checked, and the ``method`` section is
-validated against the named method's own settings model.
+Unknown keys are rejected with a suggestion, values are type-checked, the ``method`` section is
+validated against the named method's own settings model, and the model × dataset × method combination
+is checked on a meta-device model (:func:`check_compatible`) so that a grid fails before its first run.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..errors import ConfigError
-from ..methods import method_config
+from ..errors import ConfigError, PrunekitError, first_line
+from ..methods import MethodConfig, method_config
 from ..train.config import TrainConfig
 from ..utils.validation import config_error_from
+
+if TYPE_CHECKING:
+    from ..data.specs import DatasetSpec
 
 
 class ModelSpec(BaseModel):
@@ -35,6 +41,7 @@ class DataSpec(BaseModel):
     normalization: str | None = None
     split: str = "official"
     drop_last: bool = False
+    verify_checksums: bool = False  # check the dataset files' official md5/sha256 before reading them
 
 
 class OutputSpec(BaseModel):
@@ -104,16 +111,124 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
+MAX_VALUES = 100_000  # far above any real recipe; YAML aliases can make a few lines expand to billions
+
+
+def _check_size(tree: Any) -> None:
+    """ConfigError when ``tree`` holds more than MAX_VALUES values, counted as if aliases were expanded
+    (the count stops at the limit, so a "billion laughs" document is rejected in milliseconds)."""
+    stack, seen = [tree], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ConfigError(f"configuration has more than {MAX_VALUES} values (YAML aliases expanding?); "
+                              f"allowed: a recipe of ordinary size")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+
+
 def build_config(raw: dict[str, Any], overrides: list[tuple[str, Any]] = ()) -> ExperimentConfig:
+    _check_size([raw, [value for _, value in overrides]])
     tree = copy.deepcopy(raw)
     for key, value in overrides:
         set_dotted(tree, key, value)
     try:
-        return ExperimentConfig(**tree)
+        cfg = ExperimentConfig(**tree)
     except ValidationError as e:
         raise config_error_from(e, ExperimentConfig) from None
     except TypeError as e:
         raise ConfigError(f"configuration is not a mapping: {e}") from None
+    check_compatible(cfg)
+    return cfg
+
+
+def model_kwargs(cfg: ExperimentConfig, spec: "DatasetSpec") -> dict[str, Any]:
+    """The model's options: the recipe's, plus the dataset's input geometry where the model takes it."""
+    from .. import models as pkmodels
+
+    kwargs = dict(cfg.model.kwargs)
+    classes = kwargs.pop("num_classes", spec.num_classes)
+    if classes != spec.num_classes:
+        raise ConfigError(f"model.kwargs.num_classes={classes!r} but dataset {cfg.data.name!r} has "
+                          f"{spec.num_classes} classes; allowed: {spec.num_classes} or unset")
+    allowed = pkmodels.options(cfg.model.name)
+    if "in_channels" in allowed:
+        kwargs.setdefault("in_channels", spec.channels)
+    if "input_size" in allowed:
+        kwargs.setdefault("input_size", spec.image_size[0])
+    return kwargs
+
+
+def check_model_fits(model: torch.nn.Module, cfg: ExperimentConfig, input_shape: tuple[int, ...],
+                     num_classes: int) -> None:
+    """A forward pass of two zero inputs of the dataset's shape; ConfigError when the model rejects them
+    or predicts a different number of classes."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()
+            out = model(torch.zeros((2, *input_shape), device=device))
+    except RuntimeError as e:
+        raise ConfigError(
+            f"model {cfg.model.name!r} does not accept {cfg.data.name!r} inputs of shape {tuple(input_shape)}: "
+            f"{str(e).splitlines()[0]}; allowed: a model built for {input_shape[0]} input channel(s)"
+        ) from None
+    finally:
+        model.train(was_training)
+    if out.shape[-1] != num_classes:
+        raise ConfigError(f"model {cfg.model.name!r} outputs {out.shape[-1]} classes but {cfg.data.name!r} has "
+                          f"{num_classes}; allowed: a model with one output per class")
+
+
+def check_targets(model: torch.nn.Module, cfg: ExperimentConfig, method: MethodConfig) -> None:
+    """ConfigError when the method's target policy selects no weight of the model (structured pruning
+    of a model without conv layers, a targets glob that matches nothing)."""
+    from ..sparsity.targets import resolve_targets
+
+    if resolve_targets(method.targets).select(model):
+        return
+    structure = getattr(method, "structure", "unstructured")
+    if structure != "unstructured":
+        raise ConfigError(f"method.structure={structure!r} prunes conv {structure}s but model {cfg.model.name!r} has "
+                          f"no conv layer; allowed: structure='unstructured', or a convolutional model")
+    raise ConfigError(f"method.targets={method.targets!r} selects no weight of model {cfg.model.name!r}; allowed: "
+                      f"a policy that matches at least one conv/linear weight")
+
+
+def create_model(name: str, kwargs: dict[str, Any], num_classes: int) -> torch.nn.Module:
+    """``models.create``; a builder that trips over an option's value (a list where it expects a name)
+    raises ConfigError naming the options instead of a TypeError."""
+    from .. import models as pkmodels
+
+    try:
+        return pkmodels.create(name, num_classes=num_classes, **kwargs)
+    except PrunekitError:
+        raise
+    except (TypeError, ValueError, KeyError) as e:
+        raise ConfigError(f"model.kwargs={kwargs!r} not accepted by model {name!r} ({type(e).__name__}: "
+                          f"{first_line(e)}); allowed: the options `prunekit list models` shows") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _meta_model(name: str, kwargs_json: str, num_classes: int) -> torch.nn.Module:
+    with torch.device("meta"):
+        return create_model(name, json.loads(kwargs_json), num_classes)
+
+
+def check_compatible(cfg: ExperimentConfig) -> None:
+    """Model × dataset × method checks that need neither data nor weights: the model is built on the
+    meta device (shapes only, no memory), so every run of a grid is checked before the first starts."""
+    from ..data.specs import get_spec
+
+    spec = get_spec(cfg.data.name)
+    kwargs = json.dumps(model_kwargs(cfg, spec), sort_keys=True, default=str)
+    model = _meta_model(cfg.model.name, kwargs, spec.num_classes)
+    check_model_fits(model, cfg, (spec.channels, *spec.image_size), spec.num_classes)
+    check_targets(model, cfg, method_config(cfg.method))
 
 
 def identity(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,9 @@ def load_recipe(ref: str) -> dict[str, Any]:
     return data
 
 
+MAX_GRID_RUNS = 10_000  # a typo'd grid should fail at once, not enumerate for hours
+
+
 def expand_grid(grid: dict[str, list[Any]]) -> list[list[tuple[str, Any]]]:
     """Cartesian product of ``{dotted key: [values]}`` as lists of overrides (one list per run)."""
     if not grid:
@@ -66,4 +70,8 @@ def expand_grid(grid: dict[str, list[Any]]) -> list[list[tuple[str, Any]]]:
     for k in keys:
         if not isinstance(grid[k], list) or not grid[k]:
             raise ConfigError(f"grid.{k} must be a non-empty list of values")
+    total = math.prod(len(grid[k]) for k in keys)
+    if total > MAX_GRID_RUNS:
+        raise ConfigError(f"grid has {total:,} combinations ({' x '.join(str(len(grid[k])) for k in keys)}); "
+                          f"allowed: at most {MAX_GRID_RUNS:,} runs per recipe")
     return [list(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]

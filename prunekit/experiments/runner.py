@@ -10,7 +10,9 @@ Phases by method schedule (``Pruner.schedule``):
 * ``iterative`` (IMP): ``[prune → rewind → train] × levels`` after a dense level 0 (see :func:`_run_levels`).
 
 Everything that can fail on user input (config, names, data files) is checked before the run directory
-is created. A finished run (``result.json`` present) is skipped unless ``force``.
+is created. A finished run (``result.json`` present) is skipped unless ``force``. A run that fails
+after it started (a non-finite loss or weight, a pruning-at-init mask with no input->output path) is
+recorded in the store with status ``failed`` and its one-line error, and raises.
 """
 from __future__ import annotations
 
@@ -25,16 +27,19 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .. import data as pkdata
-from .. import models as pkmodels
-from ..errors import ConfigError, NumericError, PrunekitError
+from ..diagnostics import check_layer_collapse
+from ..distributed import MaskDivergenceError, barrier, init_from_env, is_main, shard_loader, sync_state
+from ..errors import ConfigError, LayerCollapseError, NumericError, PrunekitError
 from ..methods import METHODS, PruneContext, method_config
 from ..report.measure import count_flops, count_params
 from ..train import Trainer, TrainConfig, evaluate
+from ..train.checkpoint import load_module_state, load_weights
 from ..utils.io import atomic_path, atomic_write_text
-from .config import ExperimentConfig, identity, pretrain_hash, pretrain_identity, run_hash
+from .config import (ExperimentConfig, check_model_fits, check_targets, create_model, identity, model_kwargs, pretrain_hash, pretrain_identity,
+                     run_hash)
 from .progress import Reporter
 from .store import ResultsStore
 
@@ -66,51 +71,31 @@ class Built:
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.device = init_from_env(resolve_device(cfg.device))  # cuda:LOCAL_RANK under torchrun
         d = cfg.data
         loaders = pkdata.build_loaders(
             d.name, root=d.root, batch_size=d.batch_size, test_batch_size=d.test_batch_size, seed=cfg.seed,
             device=self.device, augment=d.augment, normalization=d.normalization, split=d.split,
-            drop_last=d.drop_last,
+            drop_last=d.drop_last, verify_checksums=d.verify_checksums,
         )
         self.train_loader, self.test_loader, self.spec = loaders
         self.second_loader = loaders.val
+        # pruning before training scores whole batches everywhere; a training step takes this process's share
+        self.scoring_loader = self.train_loader
+        self.train_loader, self.second_loader = shard_loader(self.train_loader), shard_loader(self.second_loader)
         self.input_shape = (self.spec.channels, *self.spec.image_size)
         self.model = self.new_model()
         self.method_cfg = method_config(cfg.method)
+        check_targets(self.model, cfg, self.method_cfg)
         self.pruner = METHODS.get(self.method_cfg.name)(self.model, self.method_cfg)
         if cfg.output.tensorboard:
             _summary_writer_class()
 
     def new_model(self) -> torch.nn.Module:
         seed_everything(self.cfg.seed)
-        kwargs = dict(self.cfg.model.kwargs)
-        # the dataset decides the input geometry unless the recipe says otherwise
-        allowed = pkmodels.options(self.cfg.model.name)
-        if "in_channels" in allowed:
-            kwargs.setdefault("in_channels", self.spec.channels)
-        if "input_size" in allowed:
-            kwargs.setdefault("input_size", self.spec.image_size[0])
-        model = pkmodels.create(self.cfg.model.name, num_classes=self.spec.num_classes, **kwargs)
-        self._check_input(model)
+        model = create_model(self.cfg.model.name, model_kwargs(self.cfg, self.spec), self.spec.num_classes)
+        check_model_fits(model, self.cfg, self.input_shape, self.spec.num_classes)
         return model.to(self.device)
-
-    def _check_input(self, model: torch.nn.Module) -> None:
-        try:
-            with torch.no_grad():
-                model.eval()
-                out = model(torch.zeros((2, *self.input_shape)))
-                model.train()
-        except RuntimeError as e:
-            raise ConfigError(
-                f"model {self.cfg.model.name!r} does not accept {self.cfg.data.name!r} inputs of shape "
-                f"{self.input_shape}: {str(e).splitlines()[0]}"
-            ) from None
-        if out.shape[-1] != self.spec.num_classes:
-            raise ConfigError(
-                f"model {self.cfg.model.name!r} outputs {out.shape[-1]} classes but {self.cfg.data.name!r} has "
-                f"{self.spec.num_classes}"
-            )
 
 
 def run_experiment(cfg: ExperimentConfig, force: bool = False, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -123,16 +108,21 @@ def run_experiment(cfg: ExperimentConfig, force: bool = False, reporter: Reporte
         return json.loads(result_file.read_text())
     built = Built(cfg)  # validates names, data files and shapes before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    if is_main():  # a distributed run: rank 0 writes every file and the store
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     store = store_for(cfg)
     try:
         row, extra = _run_phases(cfg, built, run_dir, rep)
-    except NumericError as e:
-        store.record(_row(cfg, built, run_dir, status="failed", error=str(e)))
+    except (NumericError, LayerCollapseError, MaskDivergenceError) as e:
+        if is_main():
+            store.record(_row(cfg, built, run_dir, status="failed", error=str(e)))
         raise
-    store.record(row)
+    if is_main():
+        store.record(row)
     row = {**row, **extra}
-    atomic_write_text(result_file, json.dumps(row, indent=2, default=str))
+    if is_main():
+        atomic_write_text(result_file, json.dumps(row, indent=2, default=str))
+    barrier()  # later runs read this run's files (the pretraining cache, IMP levels, result.json)
     return row
 
 
@@ -152,7 +142,8 @@ def _tensorboard(cfg: ExperimentConfig, directory: Path):
 
 def _fit(built: Built, train_cfg: TrainConfig, pruner, phase: str, directory: Path, rep: Reporter,
          start_step: int = 0) -> dict[str, Any]:
-    writer = _tensorboard(built.cfg, directory)
+    sync_state(built.model, pruner, built.device)  # rank 0's weights, masks and method state everywhere
+    writer = _tensorboard(built.cfg, directory) if is_main() else None
 
     def log(record: dict[str, Any]) -> None:
         rep.evaluation(record)
@@ -183,14 +174,15 @@ def _pretrain(cfg: ExperimentConfig, built: Built, rep: Reporter) -> dict[str, A
     weights = directory / "model.safetensors"
     summary_file = directory / "summary.json"
     if weights.exists() and summary_file.exists():
-        built.model.load_state_dict(load_file(str(weights), device=str(built.device)))
+        load_module_state(built.model, load_weights(weights, built.device), str(weights))
         rep.message(f"  pretrain: reusing {directory}")
         return json.loads(summary_file.read_text())
     directory.mkdir(parents=True, exist_ok=True)
     summary = _fit(built, cfg.train, None, "pretrain", directory, rep)
-    with atomic_path(weights) as tmp:
-        save_file({k: v.contiguous().cpu() for k, v in built.model.state_dict().items()}, str(tmp))
-    atomic_write_text(summary_file, json.dumps(summary))
+    if is_main():
+        with atomic_path(weights) as tmp:
+            save_file({k: v.contiguous().cpu() for k, v in built.model.state_dict().items()}, str(tmp))
+        atomic_write_text(summary_file, json.dumps(summary))
     return summary
 
 
@@ -200,7 +192,7 @@ def _total_steps(built: Built, train_cfg: TrainConfig) -> int:
 
 
 def _context(built: Built) -> PruneContext:
-    return PruneContext(batches=built.train_loader, second_batches=built.second_loader,
+    return PruneContext(batches=built.scoring_loader, second_batches=built.second_loader,
                         loss_fn=torch.nn.functional.cross_entropy, device=built.device,
                         total_steps=_total_steps(built, built.cfg.train), steps_per_epoch=len(built.train_loader))
 
@@ -226,7 +218,8 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
             pruner.prune(ctx)
             extra["prune_time"] = time.perf_counter() - t0
             extra["pruned_acc"] = evaluate(built.model, built.test_loader)["acc"]
-            atomic_write_text(run_dir / "prune.json", json.dumps(extra))
+            if is_main():
+                atomic_write_text(run_dir / "prune.json", json.dumps(extra))
         else:
             extra.update(json.loads((run_dir / "prune.json").read_text()))
         summary = _fit(built, finetune_cfg, pruner, "finetune", run_dir, rep)
@@ -242,14 +235,17 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
             t0 = time.perf_counter()
             pruner.on_init(ctx)
             extra["prune_time"] = time.perf_counter() - t0
-            atomic_write_text(run_dir / "prune.json", json.dumps(extra))
+            if schedule == "init":  # before any training time is spent; a cut branch only warns
+                check_layer_collapse(built.model, pruner.masks, built.input_shape, raise_error="disconnected")
+            if is_main():
+                atomic_write_text(run_dir / "prune.json", json.dumps(extra))
         else:
             extra.update(json.loads((run_dir / "prune.json").read_text()))
         summary = _fit(built, cfg.train, pruner, "train", run_dir, rep)
         wall = extra.get("prune_time", 0.0) + summary["wall_time"]
-    if schedule != "none":
+    if schedule != "none" and is_main():
         pruner.masks.save(run_dir / "masks.safetensors")
-    if cfg.output.save_model:
+    if cfg.output.save_model and is_main():
         with atomic_path(run_dir / "model.safetensors") as tmp:
             save_file({k: v.contiguous().cpu() for k, v in built.model.state_dict().items()}, str(tmp))
     return _row(cfg, built, run_dir, status="finished", summary=summary, wall=wall), extra
@@ -270,6 +266,8 @@ def _state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _save_level(directory: Path, built: Built, summary: dict[str, Any], extra: dict[str, torch.Tensor] | None = None):
+    if not is_main():
+        return
     tensors = {f"model.{k}": v for k, v in built.model.state_dict().items()}
     tensors.update({f"mask.{k}": v.to(torch.uint8) for k, v in built.pruner.masks.items()})
     tensors.update({f"rewind.{k}": v for k, v in (extra or {}).items()})
@@ -281,8 +279,9 @@ def _save_level(directory: Path, built: Built, summary: dict[str, Any], extra: d
 
 
 def _load_level(directory: Path, built: Built) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    tensors = load_file(str(directory / "level.safetensors"), device=str(built.device))
-    built.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    path = directory / "level.safetensors"
+    tensors = load_weights(path, built.device)
+    load_module_state(built.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, str(path))
     built.pruner.masks.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("mask.")},
                                        source=str(directory))
     rewind = {k[7:]: v for k, v in tensors.items() if k.startswith("rewind.")}
@@ -338,8 +337,9 @@ def _run_levels(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
         records.append({"level": level, "sparsity": pruner.masks.sparsity(), "nnz": pruner.masks.nnz(),
                         **{key: summary[key] for key in ("final_acc", "best_acc", "steps", "wall_time")},
                         "total_wall_time": sum(r["wall_time"] for r in records) + summary["wall_time"]})
-        atomic_write_text(run_dir / "levels.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-        if level < len(plan):
+        if is_main():
+            atomic_write_text(run_dir / "levels.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        if level < len(plan) and is_main():
             row = _row(cfg, built, run_dir, status="level", summary=summary, wall=records[-1]["total_wall_time"])
             row.update(run_id=f"imp-{chain.name}-L{level}-{tag}", target_sparsity=row["achieved_sparsity"])
             store.record(row)
@@ -360,7 +360,7 @@ def _row(cfg: ExperimentConfig, built: Built, run_dir: Path, status: str, summar
     flops = count_flops(built.model, built.input_shape, masks, device=built.device)
     summary = summary or {}
     row = {
-        "run_id": run_hash(cfg),
+        "run_id": f"{cfg.name}-{run_hash(cfg)}",  # the same settings under two recipes are two rows
         "recipe": cfg.name,
         "method": cfg.method["name"],
         "model": cfg.model.name,

@@ -2,6 +2,7 @@
 from . import basic  # noqa: F401  (registers dense, random, magnitude)
 from . import pai  # noqa: F401  (registers snip, grasp, synflow, iter_snip, prospr)
 from . import dpai  # noqa: F401  (registers dpai)
+from . import npb, phew  # noqa: F401  (registers npb, phew)
 from . import lap  # noqa: F401
 from . import hydra  # noqa: F401  (registers hydra)
 from . import bip  # noqa: F401  (registers bip)

@@ -112,6 +112,11 @@ class Pruner:
     def on_train_end(self) -> None:
         pass
 
+    def mask_changed_at(self, step: int) -> bool:
+        """Whether the hooks of optimizer step ``step`` may have changed the masks (distributed runs
+        compare them across processes then). Pure arithmetic: called after every step."""
+        return False
+
     def prune(self, ctx: PruneContext | None = None) -> MaskSet:
         """Prune now (one-shot methods) and return the masks. Default: nothing to do."""
         return self.masks

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from ..distributed import average_gradients, broadcast_buffers
 from ..sparsity import MaskSet
 from .base import PruneContext, Pruner
 from .hydra import ScoreBank, ScoreConfig, epoch_factor, sgd_momentum_, split_params
@@ -134,11 +135,15 @@ class BiP(Pruner):
         self.seen = {"score_grad": False, "weight_grad": False}
         return self.masks
 
+    def mask_changed_at(self, step: int) -> bool:
+        return (step - 1) // self.steps_per_epoch < self.epochs - self.config.finetune_epochs
+
     # --- one iteration -------------------------------------------------------------------------
     def train_step(self, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer, step: int) -> Tensor:
         cfg = self.config
         epoch = (step - 1) // self.steps_per_epoch
         bilevel_epochs = self.epochs - cfg.finetune_epochs
+        broadcast_buffers(self.model)  # a distributed run: rank 0's BN statistics, as DDP does
         if epoch >= bilevel_epochs:
             return self.finetune_step(x, y, optimizer)
         # without a second stream (split other than bip) both levels see the same mini-batch
@@ -162,6 +167,7 @@ class BiP(Pruner):
         loss = F.cross_entropy(self.model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.model.parameters())  # a distributed run: the global batch's gradient
         # the optimizer steps dense θ, so weight decay and momentum reach the pruned values as well
         bank.load_theta()
         bank.mask_grads()
@@ -187,6 +193,7 @@ class BiP(Pruner):
         loss = F.cross_entropy(model(x), y)
         model.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.model.parameters())  # a distributed run: the global batch's gradient
         if cfg.bn_passes == 4:
             with torch.no_grad():
                 model(x)  # the reference's second pass on B₁: same weights, same BN update
@@ -229,6 +236,7 @@ class BiP(Pruner):
         loss = F.cross_entropy(self.model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.model.parameters())  # a distributed run: the global batch's gradient
         optimizer.step()
         self.enforce()
         return loss.detach()

@@ -220,6 +220,9 @@ class SparseTraining(Pruner):
         if self._is_update(step) and self._updated_at != step:
             self._update(step)
 
+    def mask_changed_at(self, step: int) -> bool:
+        return self._ready and not self._finished and self._is_update(step)
+
     def prune(self, ctx: PruneContext | None = None):
         self._final_masks()
         self.enforce()

@@ -181,7 +181,8 @@ class MaskSet:
         acc = torch.zeros((), dtype=torch.int64, device=next(iter(self._masks.values())).device)
         for i, m in enumerate(self._masks.values()):
             idx = torch.arange(m.numel(), device=m.device, dtype=torch.int64)
-            acc += ((idx * 2654435761 + i) % 1000003 * m.reshape(-1)).sum()
+            # every position weighs >= 1, so any single flipped entry changes the sum
+            acc += (((idx * 2654435761 + i) % 1000003 + 1) * m.reshape(-1)).sum()
         return acc
 
     # --- persistence ---------------------------------------------------------------------------

@@ -3,19 +3,26 @@
 A checkpoint holds model, optimizer, LR schedule, method state (masks included), the RNG states and
 the metric history. It is written atomically (temp file, fsync, rename) and read with
 ``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary pickled objects.
+Weights cached between runs are safetensors files (:func:`load_weights`). A file that is corrupt or
+belongs to another model raises :class:`~prunekit.errors.CheckpointError` naming it and the first
+parameter that does not fit.
 """
 from __future__ import annotations
 
 import os
 import pickle
 import random
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from torch import Tensor, nn
+
+from ..errors import CheckpointError, first_line
 from ..utils.io import atomic_path
 
 
@@ -60,9 +67,55 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about unusual pickle protocols: the error says enough
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unpickling refused"
-        raise CheckpointError(f"{path}: refused to load (only tensors and plain containers are allowed: {first})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise CheckpointError(f"{path}: refused to load ({_unpickler_reason(e)}); a checkpoint may hold only "
+                              f"tensors and plain containers") from None
+    except Exception as e:  # noqa: BLE001 - torch.load on damaged bytes raises anything (IndexError, AssertionError ...)
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first_line(e)}); delete it "
+                              f"to restart the phase") from None
+
+
+def _unpickler_reason(e: pickle.UnpicklingError) -> str:
+    """The reason torch's weights-only unpickler gives, without its advice to load unsafely."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    _, found, reason = text.partition("WeightsUnpickler error:")
+    reason = next((line.strip() for line in reason.splitlines() if line.strip()), "") if found else ""
+    return reason.split(". ")[0] if reason else first_line(e)
+
+
+def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """The tensors of a safetensors file; CheckpointError when it is missing or not safetensors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(e)}); delete it to "
+                              f"recompute it") from None
+
+
+def load_module_state(module: nn.Module, state: Any, source: str) -> None:
+    """``module.load_state_dict(state)`` after checking names and shapes, so a checkpoint of another model
+    is a CheckpointError naming the first parameter that does not fit."""
+    own = module.state_dict()
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source}: holds {type(state).__name__}, expected a state dict of "
+                              f"{type(module).__name__}")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        what = f"no entry for {missing[0]!r}" if missing else f"unexpected entry {unexpected[0]!r}"
+        raise CheckpointError(f"{source}: {what}; expected the parameters of this run's {type(module).__name__}")
+    for name, tensor in own.items():
+        value = state[name]
+        if not isinstance(value, Tensor) or value.shape != tensor.shape:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise CheckpointError(f"{source}: {name!r} has shape {shape}, the model has {tuple(tensor.shape)}")
+    module.load_state_dict(state)

@@ -6,6 +6,7 @@ half-written file, even if the process is killed mid-write.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -26,14 +27,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
 
 
-def _fsync_dir(directory: Path) -> None:
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` left next to ``path`` when a writer was killed
+    before its rename. Only for files with a single writer (a run's own checkpoint)."""
+    path = Path(path)
+    stale = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp")) if path.parent.is_dir() else []
+    for tmp in stale:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return stale
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (best effort: some filesystems refuse directory fsync)."""
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:

@@ -33,5 +33,8 @@ def config_error_from(err: ValidationError, model: type[BaseModel], prefix: str 
             f"unknown key {field!r}{suggest(str(loc[-1]), allowed)}; allowed: {', '.join(allowed)}"
         )
     value = first.get("input")
+    message = first["msg"].removeprefix("Value error, ")
+    if message.startswith((f"{field}.", f"{field}=")):  # a nested section's own error already names the field
+        return ConfigError(message)
     shown = "" if isinstance(value, dict) else f"={value!r}"
-    return ConfigError(f"{field}{shown}: {first['msg'].removeprefix('Value error, ')}")
+    return ConfigError(f"{field}{shown}: {message}")

@@ -1,0 +1,98 @@
+"""``prunekit report``: tables (Markdown, CSV, LaTeX), plots (PNG, SVG) and a self-contained HTML report
+from the results store (see :mod:`prunekit.report.build`)."""
+from __future__ import annotations
+
+FORMATS = ("md", "csv", "tex")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("report", help="tables (mean ± std over seeds, paper numbers), plots and an HTML "
+                                             "report from the results store")
+    p.add_argument("--store", default="runs/results.sqlite", help="results store (default: runs/results.sqlite)")
+    p.add_argument("--out", default=None, help="output folder (default: a 'report' folder beside the store)")
+    p.add_argument("--recipe", action="append", default=None, help="only this recipe (repeatable)")
+    p.add_argument("--dataset", action="append", default=None, help="only this dataset (repeatable)")
+    p.add_argument("--model", action="append", default=None, help="only this model (repeatable)")
+    p.add_argument("--metric", choices=["final_acc", "best_acc"], default="final_acc",
+                   help="accuracy to aggregate; papers that report the best epoch compare with best_acc")
+    p.add_argument("--formats", default="md,csv,tex", help="table files to write (comma list of md, csv, tex)")
+    p.add_argument("--no-html", action="store_true", help="skip report.html")
+    p.add_argument("--no-plots", action="store_true", help="skip the plots (and the HTML's images)")
+    p.add_argument("--run", default=None, metavar="RUN_DIR",
+                   help="plot one run instead: its per-layer sparsity and training curves")
+    p.set_defaults(func=cmd_report)
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    from ..errors import ConfigError
+
+    items = tuple(f.strip() for f in text.split(",") if f.strip())
+    bad = [f for f in items if f not in FORMATS]
+    if bad:
+        raise ConfigError(f"--formats {','.join(bad)}: allowed: a comma list of {', '.join(FORMATS)}")
+    return items
+
+
+def _select(rows, args):
+    for key in ("recipe", "dataset", "model"):
+        wanted = getattr(args, key)
+        if wanted:
+            rows = [r for r in rows if r[key] in wanted]
+    return rows
+
+
+def _report_run(args) -> int:
+    from pathlib import Path
+
+    from ..errors import ConfigError
+    from ..report import plots
+
+    run_dir = Path(args.run)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--run {run_dir}: not a run directory (no config.yaml); allowed: runs/<recipe>/<method>-<hash>")
+    out = Path(args.out) if args.out else run_dir / "report"
+    written = []
+    for name, fig in (("layers", plots.layer_sparsity({run_dir.name: run_dir})),
+                      ("curves", plots.training_curves({run_dir.name: run_dir}))):
+        if fig is not None:
+            plots.save(fig, out / name)
+            written += [out / f"{name}.{fmt}" for fmt in plots.FORMATS]
+    print("\n".join(f"wrote {p}" for p in written) if written else f"nothing to plot in {run_dir}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from ..cli import _console
+    from ..errors import ConfigError
+    from ..experiments import ResultsStore
+    from ..report.build import write_report
+    from ..report.tables import to_rich
+
+    formats = _formats(args.formats)
+    if args.run:
+        return _report_run(args)
+    store = ResultsStore(args.store)
+    if not store.path.is_file():
+        raise ConfigError(f"--store {store.path}: no such results store; allowed: the results.sqlite a "
+                          "`prunekit run` or `prunekit sweep` wrote")
+    rows = _select(store.rows("status = 'finished'"), args)
+    if not rows:
+        print(f"no finished runs in {store.path} match")
+        return 0
+    out = Path(args.out) if args.out else store.path.parent / "report"
+    files = write_report(rows, out, metric=args.metric, formats=formats, html=not args.no_html,
+                         figures=not args.no_plots, subtitle=f"{len(rows)} finished runs from {store.path}")
+    console = _console()
+    for table in to_rich(files.sections, args.metric):
+        console.print(table)
+    print(f"report of {len(rows)} runs in {len(files.sections)} section(s) written to {out}/:")
+    for path in files.tables:
+        print(f"  table  {path}")
+    pngs = [p for p in files.figures if p.suffix == ".png"]
+    if pngs:
+        print(f"  plots  {len(files.figures)} files (PNG + SVG), e.g. {pngs[0]}")
+    if files.html is not None:
+        print(f"  html   {files.html}  (open it in a browser: file://{files.html.resolve()})")
+    return 0

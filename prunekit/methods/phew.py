@@ -1,0 +1,68 @@
+"""PHEW: Patil & Dovrolis, "PHEW: Constructing Sparse Networks that Learn Fast and Generalize Well without
+Training Data", ICML 2021 (code ``ShreyasMalakarjunPatil/PHEW``, ``PHEW/phew.py: phew_masks``).
+
+Data-free: the mask is the union of the weights stepped on by biased random walks (probability
+proportional to ``|w|``) that alternate input->output and output->input, until the *global* budget is
+met (the per-layer densities are an outcome of the walks, as in the reference). The walks are described
+in :mod:`prunekit.scoring.phew`. The model's initial weights are read, never changed (except for the
+masking itself); the input shape is only used to find the order in which the layers are called.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from ..errors import MaskError
+from ..scoring.data import input_shape_from
+from ..scoring.phew import PhewWalker, phew_keep, trace_layers
+from ..sparsity import num_keep
+from .base import PruneContext
+from .data_free import DataFreeConfig, DataFreePruner
+from .registry import METHODS
+
+
+class PHEWConfig(DataFreeConfig):
+    """``jump``: where a forward walk chooses between a projection shortcut and its block's main branch
+    (``reference``: one layer early, as ``phew_masks``; ``block_input``: at the block input). ``seed``
+    drives the walks."""
+
+    jump: Literal["reference", "block_input"] = "reference"
+
+
+@METHODS.register("phew", family="pai", when="init")
+class PHEW(DataFreePruner):
+    """PHEW masks at initialization (no data); exact global budget ``int(s * N)`` weights removed."""
+
+    Config = PHEWConfig
+    name = "phew"
+    config: PHEWConfig
+
+    def prune(self, ctx: PruneContext | None = None):
+        ctx = ctx or PruneContext()
+        total = self.masks.numel()
+        keep = num_keep(total, self.target_sparsity())
+        if keep == total:
+            kept = torch.ones(total, dtype=torch.bool)
+        else:
+            walker = self.walker(input_shape_from(self.config.input_shape, ctx.batches, self.name))
+            kept = phew_keep(walker, total, keep, self.generator())
+        numels = [m.numel() for m in self.masks.values()]
+        self.masks.update_({n: k.view(m.shape).to(m.device)
+                            for (n, m), k in zip(self.masks.items(), kept.split(numels))})
+        self.enforce()
+        return self.masks
+
+    def walker(self, input_shape) -> PhewWalker:
+        """The walks over this model's layers (every Conv/Linear is walked; only masked ones are recorded)."""
+        chain = trace_layers(self.model, input_shape)
+        offsets, at = {}, 0
+        for n, m in self.masks.items():
+            offsets[n] = at
+            at += m.numel()
+        missing = sorted(set(offsets) - {c.name for c in chain})
+        if missing:
+            raise MaskError(f"phew: {missing[0]!r} is not a Conv/Linear weight used in the forward pass")
+        params = dict(self.model.named_parameters())
+        weights = [params[c.name].detach().cpu() for c in chain]
+        return PhewWalker(chain, weights, [offsets.get(c.name) for c in chain], self.config.jump)
