@@ -429,3 +429,18 @@ def test_pickle_length_bomb_and_billion_laughs_are_cheap():
         laughs += b"(h" + bytes([i - 1]) + b"h" + bytes([i - 1]) + b"lq" + bytes([i])
     out = D.safe_loads(bytes(laughs + b"."))
     assert out[0] is out[1]
+
+
+def test_sklearn_digits_cache_gives_the_same_split_and_survives_corruption(tmp_path, monkeypatch):
+    from prunekit.data import sklearn_digits as sd
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = sd.load_digits(train=False)  # builds the cache from scikit-learn
+    cache = sd._cache_file(0, sd.TEST_SIZE)
+    assert cache.exists()
+    again = sd.load_digits(train=False)  # read back from the cache
+    assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
+    cache.write_bytes(b"PK\x03\x04 not a zip")
+    rebuilt = sd.load_digits(train=False)
+    assert torch.equal(first.labels, rebuilt.labels)
+    assert len(sd.load_digits(train=True)) + len(rebuilt) == 1797
