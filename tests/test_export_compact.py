@@ -166,3 +166,18 @@ def test_history_and_summary():
     assert result.removed["layer1.0.conv1"] == 4 and result.removed["conv1"] == 4
     assert all(isinstance(h[0], str) and isinstance(h[2], list) for h in result.history)
     assert "parameters" in result.summary() and result.max_abs_diff <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "resnet20s"])
+def test_folded_inference_form_matches_and_has_no_batchnorm(name):
+    from prunekit.export import fold_batchnorm
+
+    model = randomized(name)
+    pruner = pk.create("structured", model, sparsity=0.5, round_to=8, input_shape=(3, 32, 32))
+    pruner.prune()
+    x = torch.randn(2, 3, 32, 32)
+    compact = compact_model(model, pruner.masks, x).model
+    folded = fold_batchnorm(compact)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in compact.modules())  # the original is untouched
+    assert max_diff(folded, compact, x) <= 1e-5

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.reliability import record
+
 EPOCHS, FINETUNE = 6, 2
 SWEEP = {
     "name": "sweepkill",
@@ -66,7 +68,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_killed_sweep_restarts_to_exactly_12_rows(tmp_path):
-    """With two workers (a sequential sweep runs the same runner in one process: tests/test_resume_kill.py)."""
+    """With two workers (a sequential sweep runs the same runner in one process: tests/test_reliability_faults.py)."""
     workers = 2
     if not Path("/proc/self/stat").exists():
         pytest.skip("needs /proc to find the worker processes")
@@ -116,4 +118,7 @@ def test_killed_sweep_restarts_to_exactly_12_rows(tmp_path):
     for pre in (root / "_pretrained").iterdir():  # one pretraining per seed, trained once
         assert len((pre / "metrics-pretrain.jsonl").read_text().splitlines()) == EPOCHS
     assert len(list((root / "_pretrained").iterdir())) == 3
+    record("fault", f"SIGKILL a 12-run sweep with {workers} worker processes after {len(before)} rows were stored, "
+           "then start it again", f"workers died with it; the restart ran {finished} and skipped {skipped}: "
+           f"{len(rows)} rows, {len({r for r, _ in rows})} distinct run ids, all finished, no metric line repeated")
 

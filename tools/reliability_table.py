@@ -20,7 +20,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.reliability import AREAS, ENV  # noqa: E402
 
-TEST_FILES = ["tests/test_cli.py", "tests/test_data_fuzz.py"] + sorted(
+TEST_FILES = ["tests/test_cli.py", "tests/test_data_fuzz.py", "tests/test_sweep_store.py",
+              "tests/test_sweep_kill.py"] + sorted(
     str(p.relative_to(REPO)) for pattern in ("test_reliability_*.py", "test_fuzz_*.py")
     for p in (REPO / "tests").glob(pattern) if p.name != "test_reliability_doc.py")
 DOC = REPO / "docs" / "reliability.md"

@@ -17,6 +17,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--eager", action="store_true",
+                   help="time the models as they are (default: BatchNorm folded into convolutions, the inference form)")
     p.set_defaults(func=cmd_measure)
 
 
@@ -45,8 +47,12 @@ def cmd_measure(args) -> int:
               f"({flops['flops'] / max(c_flops, 1):.2f}x fewer)  max |compact - masked| {result.max_abs_diff:.2g}")
         candidates["compact"] = result.model
     if args.latency:
-        table = measure_latency({k: copy.deepcopy(v) for k, v in candidates.items()}, loaded.input_shape,
+        from ..export import fold_batchnorm
+
+        form = (lambda m: copy.deepcopy(m)) if args.eager else fold_batchnorm
+        table = measure_latency({k: form(v) for k, v in candidates.items()}, loaded.input_shape,
                                 args.batch_sizes, repeats=args.repeats)
-        print(f"  latency ({torch.get_num_threads()} threads, median of {args.repeats}):")
+        print(f"  latency ({torch.get_num_threads()} threads, median of {args.repeats}, "
+              f"{'eager' if args.eager else 'BatchNorm folded'}):")
         print("  " + table.format().replace("\n", "\n  "))
     return 0
