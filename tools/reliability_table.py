@@ -42,8 +42,9 @@ written by its test after the test's assertions passed, with the message or figu
 - Checkpoints load with `torch.load(weights_only=True)`, cached weights and masks are safetensors,
   CIFAR pickles go through a restricted unpickler, YAML through `yaml.safe_load`.
 
-The rows for the results store (a kill during a store write, concurrent sweep workers) are covered by
-the store's own tests.
+- The results store (SQLite, WAL) writes one transaction per run and replaces a run's row by its id, so
+  concurrent sweep workers and killed writers leave it consistent (rows from `tests/test_sweep_store.py`
+  and `tests/test_sweep_kill.py`).
 """
 
 
