@@ -51,3 +51,26 @@ def test_export_unaligned_masks_is_a_one_line_error(files, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "layer1.1.conv2.weight: mask does not remove whole channels" in err
     assert not (tmp_path / "x").exists()  # nothing written
+
+
+def test_export_and_measure_take_a_run_directory(tmp_path, capsys):
+    """A finished run of the built-in harness is enough: its config gives the model and the input geometry
+    (here 1×8×8 digits, 64-unit hidden layers), its weights and masks are found in the directory."""
+    import yaml
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "st", "model": {"name": "mlp", "kwargs": {"hidden": [64, 64]}},
+        "data": {"name": "sklearn_digits", "batch_size": 64, "augment": False},
+        "train": {"duration": "1ep", "lr": 0.05}, "finetune": {"duration": "1ep", "lr": 0.01},
+        "method": {"name": "structured", "sparsity": 0.5}, "output": {"root": str(tmp_path / "runs")}}))
+    assert main(["run", str(recipe), "-q"]) == 0
+    (run,) = [p for p in (tmp_path / "runs" / "st").iterdir() if p.is_dir()]
+    capsys.readouterr()
+    assert main(["measure", str(run), "--compact"]) == 0
+    out = capsys.readouterr().out
+    assert "mlp: input (1, 8, 8)" in out and "max |compact - masked|" in out
+    assert main(["export", str(run), "--compact", "--out", str(tmp_path / "out")]) == 0
+    compact_state, _, meta = load_pruned(tmp_path / "out" / "compact.safetensors")
+    hidden = [v.shape[0] for k, v in compact_state.items() if k.endswith("weight")][:2]
+    assert hidden == [32, 32] and meta["model"] == "mlp"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -12,7 +13,8 @@ from ..sparsity import MaskSet
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model name (prunekit list models)")
+    p.add_argument("model", help="model name (prunekit list models), or a run directory (its config.yaml gives "
+                   "the model and input; its model.safetensors and masks.safetensors are the defaults)")
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--weights", default=None, help="safetensors state dict (plain, or written by prunekit export)")
     p.add_argument("--masks", default=None, help="mask file written by MaskSet.save / a run")
@@ -32,7 +34,16 @@ def load_model(args) -> Loaded:
     from ..models import create, info
     from ..train.checkpoint import load_module_state, load_weights
 
-    model = create(args.model, num_classes=args.num_classes).eval()
+    run = Path(args.model)
+    if (run / "config.yaml").is_file():
+        name, model, shape = _model_of_run(run)
+        args.weights = args.weights or _existing(run / "model.safetensors")
+        args.masks = args.masks or _existing(run / "masks.safetensors")
+    else:
+        name = args.model
+        model = create(name, num_classes=args.num_classes)
+        shape = tuple(info(name)["input_shape"])
+    model.eval()
     if args.weights:
         state = load_weights(args.weights)
         if any(k.startswith("model/") for k in state):  # a prunekit export file
@@ -41,10 +52,34 @@ def load_model(args) -> Loaded:
     masks = MaskSet.load(args.masks, model) if args.masks else None
     if masks is not None:
         masks.apply_()
-    shape = tuple(args.input_shape) if args.input_shape else tuple(info(args.model)["input_shape"])
+    shape = tuple(args.input_shape) if args.input_shape else shape
     if not shape or any(d < 1 for d in shape):
         raise ConfigError(f"--input-shape {shape} is not allowed; allowed: positive sizes, e.g. 3 32 32")
-    return Loaded(args.model, model, masks, shape)
+    return Loaded(name, model, masks, shape)
+
+
+def _existing(path: Path) -> str | None:
+    return str(path) if path.is_file() else None
+
+
+def _model_of_run(run: Path) -> tuple[str, nn.Module, tuple[int, ...]]:
+    """The model a run trained (name, a fresh instance with the run's options, one sample's shape), from its
+    resolved ``config.yaml``; the dataset's geometry comes from its spec (no data is read)."""
+    import yaml
+
+    from ..data import get_spec
+    from ..experiments.config import build_config, create_model, model_kwargs
+
+    try:
+        raw = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{run / 'config.yaml'}: not a readable run configuration ({type(e).__name__})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{run / 'config.yaml'}: not a run configuration (a mapping is expected)")
+    cfg = build_config(raw)
+    spec = get_spec(cfg.data.name)
+    model = create_model(cfg.model.name, model_kwargs(cfg, spec), spec.num_classes)
+    return cfg.model.name, model, (spec.channels, *spec.image_size)
 
 
 def example_batch(loaded: Loaded, n: int = 2) -> torch.Tensor:
