@@ -53,23 +53,40 @@ def results_table(rows: list[dict], title: str = "results", context: bool = True
 
 
 def cmd_run(args) -> int:
+    from .distributed import MaskDivergenceError
+    from .errors import LayerCollapseError, NumericError
     from .experiments import configs_from_recipe, run_experiment, store_for
+    from .experiments.runner import run_id
     from .experiments.progress import Reporter, RichReporter
+
+    run_failures = (NumericError, LayerCollapseError, MaskDivergenceError)  # stored as 'failed' rows
 
     configs = configs_from_recipe(args.recipe, args.overrides)  # every run validated before any starts
     console = _console()
     reporter = Reporter() if args.quiet else RichReporter(console, verbose=args.verbose)
-    rows = []
+    rows, failed = [], 0
     for i, cfg in enumerate(configs, 1):
         if not args.quiet:
             console.print(f"run {i}/{len(configs)} {cfg.name}: method={cfg.method} model={cfg.model.name} "
                           f"data={cfg.data.name} seed={cfg.seed}", markup=False)
-        rows.append(run_experiment(cfg, force=args.force, reporter=reporter))
+        try:
+            rows.append(run_experiment(cfg, force=args.force, reporter=reporter))
+        except run_failures as e:
+            if len(configs) == 1:
+                raise
+            # the run's failure is stored with it; the grid goes on (as `prunekit sweep` does)
+            failed += 1
+            print(f"prunekit: run {i}/{len(configs)} failed: {e}", file=sys.stderr)
+            row = store_for(cfg).get(run_id(cfg))
+            if row is not None:
+                rows.append(row)
     store = store_for(configs[0])
     first = configs[0]
     title = f"{first.name}: {first.model.name} on {first.data.name}, {len(rows)} runs (store: {store.path})"
     console.print(results_table(rows, title=title, context=False))
-    return 0
+    if failed:
+        print(f"prunekit: {failed} of {len(configs)} runs failed (status 'failed' in the store)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_show(args) -> int:

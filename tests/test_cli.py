@@ -149,3 +149,21 @@ def test_python_run_api(tmp_path):
                   "method": {"name": "random", "sparsity": 0.5, "seed": 0}, "train": {"duration": "1ep"},
                   "output": {"root": str(tmp_path)}})
     assert row["status"] == "finished" and row["achieved_sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_a_failed_grid_run_is_stored_and_the_grid_goes_on(tmp_path, capsys):
+    import yaml
+
+    from prunekit.experiments import ResultsStore
+
+    recipe = tmp_path / "g.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "g", "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
+        "data": {"name": "sklearn_digits", "batch_size": 64, "augment": False},
+        "train": {"duration": "1ep", "lr": 0.05}, "method": {"name": "random", "sparsity": 0.5},
+        "grid": {"method.sparsity": [0.9999, 0.5]}, "output": {"root": str(tmp_path / "runs")}}))
+    assert main(["run", str(recipe), "-q"]) == 1  # the collapsed first run does not stop the second
+    err = capsys.readouterr().err
+    assert "run 1/2 failed: layer collapse" in err and "1 of 2 runs failed" in err
+    rows = ResultsStore(tmp_path / "runs" / "results.sqlite").rows()
+    assert sorted(r["status"] for r in rows) == ["failed", "finished"]

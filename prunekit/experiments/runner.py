@@ -353,6 +353,12 @@ def _training_flops(built: Built) -> float | None:
     return ratio(built.input_shape) if callable(ratio) else None
 
 
+def run_id(cfg: ExperimentConfig) -> str:
+    """The results-store key of a run: recipe name and settings hash (the same settings under two recipes
+    are two rows)."""
+    return f"{cfg.name}-{run_hash(cfg)}"
+
+
 def _row(cfg: ExperimentConfig, built: Built, run_dir: Path, status: str, summary: dict | None = None,
          wall: float = 0.0, error: str | None = None) -> dict[str, Any]:
     masks = built.pruner.masks if built.pruner.schedule != "none" else None
@@ -360,7 +366,7 @@ def _row(cfg: ExperimentConfig, built: Built, run_dir: Path, status: str, summar
     flops = count_flops(built.model, built.input_shape, masks, device=built.device)
     summary = summary or {}
     row = {
-        "run_id": f"{cfg.name}-{run_hash(cfg)}",  # the same settings under two recipes are two rows
+        "run_id": run_id(cfg),
         "recipe": cfg.name,
         "method": cfg.method["name"],
         "model": cfg.model.name,
