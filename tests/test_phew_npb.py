@@ -305,3 +305,20 @@ def test_npb_milp_solver_and_config_errors():
         pk.create("npb", model, sparsity=0.8, min_nodes=2)
     with pytest.raises(ConfigError, match="alpha"):
         pk.create("npb", model, sparsity=0.8, alpha=1.5)
+
+
+def test_npb_ties_between_input_units_are_broken_by_seed_not_index():
+    """An MLP's input pixels are all worth the same to NPB: ``tie_break: index`` takes the first ones (on
+    MNIST the blank top rows), the default a seeded random subset of the same size and objective."""
+    def first_layer_inputs(**kw):
+        model = pk.models.create("lenet300_100")
+        pruner = pk.create("npb", model, sparsity=0.99, input_shape=(1, 28, 28), seed=0, **kw)
+        masks = pruner.prune()
+        return set((masks["layers.0.weight"].sum(0) > 0).nonzero().flatten().tolist()), pruner
+
+    by_index, p_index = first_layer_inputs(tie_break="index")
+    by_seed, p_seed = first_layer_inputs()
+    assert by_index == set(range(len(by_index)))  # the lowest indices
+    assert len(by_seed) == len(by_index) and by_seed != by_index
+    assert by_seed == first_layer_inputs()[0]  # the seed decides
+    assert p_seed.layers[0]["objective"] == pytest.approx(p_index.layers[0]["objective"])

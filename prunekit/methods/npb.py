@@ -64,6 +64,9 @@ class NPBConfig(DataFreeConfig):
     kernel_positions: Literal["random", "magnitude"] = "random"
     fine_tune: bool = True
     solver: Literal["greedy", "milp"] = "greedy"
+    # equal-valued input units (every pixel of an MLP's input layer): a seeded random order, or the lowest
+    # index first; on MNIST "index" feeds the first layer only the top image rows, which are blank
+    tie_break: Literal["random", "index"] = "random"
     milp_time_limit: float | None = None  # seconds per solve (solver="milp")
 
     @model_validator(mode="after")
@@ -133,7 +136,7 @@ class NPB(DataFreePruner):
                 paths = input_paths(pc, self.model, layer, [current[n] for n in names])
                 role = self._role(layer, i)
                 keep = num_keep(layer.numel, budgets[layer.name])
-                counts, info = self._solve_layer(layer, role, paths, keep, max_p, budgets[layer.name])
+                counts, info = self._solve_layer(layer, role, paths, keep, max_p, budgets[layer.name], gen)
                 weight = params[layer.name]
                 mask = counts_to_mask(counts, tuple(weight.shape[2:]), position_ranks(weight, cfg.kernel_positions, gen))
                 current[layer.name] = mask.to(device=device, dtype=torch.float64)
@@ -152,8 +155,9 @@ class NPB(DataFreePruner):
         return "shortcut" if any(w in layer.name for w in SHORTCUT_WORDS) else "conv"
 
     def _solve_layer(self, layer: ChainLayer, role: str, paths: Tensor, keep: int, max_p: int,
-                     sparsity: float) -> tuple[Tensor, dict]:
+                     sparsity: float, gen: torch.Generator) -> tuple[Tensor, dict]:
         cfg = self.config
+        order = torch.randperm(layer.in_units, generator=gen) if cfg.tie_break == "random" else None
         kk = layer.kernel
         beta = {"linear": 0.0, "shortcut": cfg.shortcut_beta}.get(role, cfg.beta)
         p = {"linear": 1, "first": kk, "shortcut": kk}.get(role, max_p)
@@ -170,12 +174,14 @@ class NPB(DataFreePruner):
         for cols, n in zip(widths, chunk_budgets(keep, widths, layer.in_units * kk)):
             least = math.ceil(n / (layer.in_units * cols))  # weights per kernel the budget needs at least
             p_c = min(max(p, least), kk)
-            prog = LayerProgram(paths, cols, n, p_c, cfg.alpha, beta, min(m, least),
+            prog = LayerProgram(paths if order is None else paths[order], cols, n, p_c, cfg.alpha, beta, min(m, least),
                                 (int(layer.in_units * p_c ** 2 * (1 - sparsity)),
                                  int(cols * p_c ** 2 * (1 - sparsity))) if constrained else None)
             counts = solve_greedy(prog) if cfg.solver == "greedy" else solve_milp(prog, cfg.milp_time_limit)
-            parts.append(counts)
             objectives.append(objective(counts, prog))
+            if order is not None:  # rows back to their units
+                counts = torch.empty_like(counts).index_copy_(0, order, counts)
+            parts.append(counts)
             p_used.append(p_c)
         info = {"keep": keep, "max_p": max(p_used), "chunks": len(widths), "objective": sum(objectives) / len(widths)}
         return torch.cat(parts, dim=1), info
