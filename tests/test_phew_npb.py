@@ -308,8 +308,9 @@ def test_npb_milp_solver_and_config_errors():
 
 
 def test_npb_ties_between_input_units_are_broken_by_seed_not_index():
-    """An MLP's input pixels are all worth the same to NPB: ``tie_break: index`` takes the first ones (on
-    MNIST the blank top rows), the default a seeded random subset of the same size and objective."""
+    """An MLP's input pixels are all worth the same to NPB: ``tie_break: index`` gives every chunk of output
+    units the first ones (on MNIST the blank top rows), the default a seeded random order per chunk, with
+    the same objective."""
     def first_layer_inputs(**kw):
         model = pk.models.create("lenet300_100")
         pruner = pk.create("npb", model, sparsity=0.99, input_shape=(1, 28, 28), seed=0, **kw)
@@ -319,6 +320,6 @@ def test_npb_ties_between_input_units_are_broken_by_seed_not_index():
     by_index, p_index = first_layer_inputs(tie_break="index")
     by_seed, p_seed = first_layer_inputs()
     assert by_index == set(range(len(by_index)))  # the lowest indices
-    assert len(by_seed) == len(by_index) and by_seed != by_index
+    assert len(by_index) < 100 and len(by_seed) > 5 * len(by_index)
     assert by_seed == first_layer_inputs()[0]  # the seed decides
     assert p_seed.layers[0]["objective"] == pytest.approx(p_index.layers[0]["objective"])

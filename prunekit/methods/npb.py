@@ -64,8 +64,8 @@ class NPBConfig(DataFreeConfig):
     kernel_positions: Literal["random", "magnitude"] = "random"
     fine_tune: bool = True
     solver: Literal["greedy", "milp"] = "greedy"
-    # equal-valued input units (every pixel of an MLP's input layer): a seeded random order, or the lowest
-    # index first; on MNIST "index" feeds the first layer only the top image rows, which are blank
+    # equal-valued input units (every pixel of an MLP's input layer): a seeded random order per chunk, or the
+    # lowest index first; on MNIST "index" feeds the first layer only the top image rows, which are blank
     tie_break: Literal["random", "index"] = "random"
     milp_time_limit: float | None = None  # seconds per solve (solver="milp")
 
@@ -157,7 +157,6 @@ class NPB(DataFreePruner):
     def _solve_layer(self, layer: ChainLayer, role: str, paths: Tensor, keep: int, max_p: int,
                      sparsity: float, gen: torch.Generator) -> tuple[Tensor, dict]:
         cfg = self.config
-        order = torch.randperm(layer.in_units, generator=gen) if cfg.tie_break == "random" else None
         kk = layer.kernel
         beta = {"linear": 0.0, "shortcut": cfg.shortcut_beta}.get(role, cfg.beta)
         p = {"linear": 1, "first": kk, "shortcut": kk}.get(role, max_p)
@@ -174,6 +173,8 @@ class NPB(DataFreePruner):
         for cols, n in zip(widths, chunk_budgets(keep, widths, layer.in_units * kk)):
             least = math.ceil(n / (layer.in_units * cols))  # weights per kernel the budget needs at least
             p_c = min(max(p, least), kk)
+            # each chunk its own order: chunks are solved apart, so one order would give every chunk the same rows
+            order = torch.randperm(layer.in_units, generator=gen) if cfg.tie_break == "random" else None
             prog = LayerProgram(paths if order is None else paths[order], cols, n, p_c, cfg.alpha, beta, min(m, least),
                                 (int(layer.in_units * p_c ** 2 * (1 - sparsity)),
                                  int(cols * p_c ** 2 * (1 - sparsity))) if constrained else None)
