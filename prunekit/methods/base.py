@@ -177,3 +177,25 @@ def iterate_limited(batches: Iterable, n: int) -> Iterator:
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+class InitPruner(Pruner):
+    """Prunes once before training (``on_init`` calls ``prune``). :meth:`generator` is seeded by
+    ``config.seed``, or by a seed drawn from the global RNG when the pruner is built, so a seeded model
+    build fixes the mask even if the global RNG is used between construction and pruning."""
+
+    schedule = "init"
+
+    def __init__(self, model: nn.Module, config: "MethodConfig"):
+        super().__init__(model, config)
+        seed = getattr(config, "seed", None)
+        self._seed = seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+
+    def on_init(self, ctx: "PruneContext | None" = None) -> None:
+        self.prune(ctx)
+
+    def generator(self) -> torch.Generator:
+        """A fresh CPU generator at this pruner's seed (the same stream on every call)."""
+        gen = torch.Generator()
+        gen.manual_seed(self._seed)
+        return gen

@@ -161,13 +161,19 @@ class BiP(Pruner):
         bufs = self.bufs.setdefault(key, [])
         return sgd_momentum_(params, grads, bufs, not bufs, momentum, weight_decay)
 
+    def _loss_backward(self, x: Tensor, y: Tensor, zero_grad) -> Tensor:
+        """Cross-entropy on ``(x, y)`` and fresh gradients (``zero_grad`` of the optimizer or the model),
+        averaged over the processes of a distributed run (BiP calls the model outside DDP's backward)."""
+        loss = F.cross_entropy(self.model(x), y)
+        zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(self.model.parameters())
+        return loss
+
     def theta_step(self, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer) -> Tensor:
         """Lower level: one step of ``optimizer`` on dense θ with gradient ``m ⊙ ∇zℓ(B₂)``."""
         cfg, bank = self.config, self.bank
-        loss = F.cross_entropy(self.model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients(self.model.parameters())  # a distributed run: the global batch's gradient
+        loss = self._loss_backward(x, y, optimizer.zero_grad)
         # the optimizer steps dense θ, so weight decay and momentum reach the pruned values as well
         bank.load_theta()
         bank.mask_grads()
@@ -190,10 +196,7 @@ class BiP(Pruner):
     def m_step(self, x: Tensor, y: Tensor, lr: float, implicit: bool = True) -> Tensor:
         """Upper level: one mask-optimizer step on the scores and BN affine parameters on B₁."""
         cfg, bank, model = self.config, self.bank, self.model
-        loss = F.cross_entropy(model(x), y)
-        model.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients(self.model.parameters())  # a distributed run: the global batch's gradient
+        loss = self._loss_backward(x, y, model.zero_grad)
         if cfg.bn_passes == 4:
             with torch.no_grad():
                 model(x)  # the reference's second pass on B₁: same weights, same BN update
@@ -233,10 +236,7 @@ class BiP(Pruner):
 
     def finetune_step(self, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer) -> Tensor:
         """Plain masked training with the final mask (scores frozen)."""
-        loss = F.cross_entropy(self.model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        average_gradients(self.model.parameters())  # a distributed run: the global batch's gradient
+        loss = self._loss_backward(x, y, optimizer.zero_grad)
         optimizer.step()
         self.enforce()
         return loss.detach()

@@ -2,11 +2,9 @@
 (``phew``, ``npb``): the settings every one of them takes and a seed fixed when the pruner is built."""
 from __future__ import annotations
 
-import torch
 from pydantic import model_validator
-from torch import nn
 
-from .base import MethodConfig, PruneContext, Pruner
+from .base import InitPruner, MethodConfig
 from .pai import compression_to_sparsity
 
 
@@ -21,22 +19,8 @@ class DataFreeConfig(MethodConfig):
         return compression_to_sparsity(data)
 
 
-class DataFreePruner(Pruner):
-    """Prunes once before training (``on_init``); ``generator()`` is seeded by ``config.seed`` or by a seed
-    drawn at construction, so a seeded model build fixes the mask even if the global RNG is used between
-    construction and pruning."""
+class DataFreePruner(InitPruner):
+    """Base of ``phew`` and ``npb``: prunes once before training from an input shape, seeded as
+    :class:`prunekit.methods.base.InitPruner`."""
 
     config: DataFreeConfig
-    schedule = "init"
-
-    def __init__(self, model: nn.Module, config: DataFreeConfig):
-        super().__init__(model, config)
-        self._seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
-
-    def on_init(self, ctx: PruneContext | None = None) -> None:
-        self.prune(ctx)
-
-    def generator(self) -> torch.Generator:
-        gen = torch.Generator()
-        gen.manual_seed(self._seed)
-        return gen

@@ -33,7 +33,7 @@ from ..scoring.data import input_shape_from, threads_for
 from ..scoring.paths import FlatLayout, PathCounter
 from ..scoring.topk import SegmentTopK
 from ..sparsity import allocate, num_zeros
-from .base import MethodConfig, PruneContext, Pruner
+from .base import InitPruner, MethodConfig, PruneContext
 from .pai import compression_to_sparsity
 from .registry import METHODS
 
@@ -162,23 +162,12 @@ def _search(model, names, zeros, input_shape, scores, alpha, beta, lr, steps, ch
 
 
 @METHODS.register("dpai", family="pai", when="init")
-class DPaI(Pruner):
+class DPaI(InitPruner):
     """DPaI mask search at initialization (no data, no weights); see the module docstring."""
 
     Config = DPaIConfig
     name = "dpai"
     config: DPaIConfig
-
-    schedule = "init"
-
-    def __init__(self, model: nn.Module, config: DPaIConfig):
-        super().__init__(model, config)
-        # drawn at construction so that a seeded model build fixes the search (the global RNG may be
-        # used by others between construction and pruning)
-        self._seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
-
-    def on_init(self, ctx: PruneContext | None = None) -> None:
-        self.prune(ctx)
 
     def layer_zeros(self) -> list[int] | int:
         """Weights removed per layer (ERK or uniform budgets) or in total (``global``)."""
@@ -192,8 +181,7 @@ class DPaI(Pruner):
     def prune(self, ctx: PruneContext | None = None):
         cfg = self.config
         ctx = ctx or PruneContext()
-        gen = torch.Generator()
-        gen.manual_seed(self._seed)
+        gen = self.generator()
         device = self.masks.params[0].device
         scores = initial_scores([m.numel() for m in self.masks.values()], gen, device)
         shape = input_shape_from(cfg.input_shape, ctx.batches, self.name)

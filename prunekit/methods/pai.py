@@ -33,7 +33,7 @@ from ..scoring.topk import SegmentTopK
 from ..scoring.data import (cycle_batches, input_shape_from, model_device, num_classes_of, take_samples, threads_for,
                             train_mode)
 from ..sparsity import masks_from_scores, num_keep, sparsity_from_compression
-from .base import MethodConfig, PruneContext, Pruner
+from .base import InitPruner, MethodConfig, PruneContext
 from .registry import METHODS
 
 
@@ -84,27 +84,12 @@ def round_sparsity(target: float, r: int, rounds: int, schedule: str) -> float:
     return target * r / rounds
 
 
-class ScorePaI(Pruner):
+class ScorePaI(InitPruner):
     """Base of the score-based PaI methods: ``rounds`` of score → select, then the controls."""
 
     Config = PaIConfig
     default_optimizer_state = "keep"
     config: PaIConfig
-
-    schedule = "init"
-
-    def __init__(self, model, config: PaIConfig):
-        super().__init__(model, config)
-        # drawn at construction: a seeded model build fixes the controls' randomness
-        self._seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
-
-    def on_init(self, ctx: PruneContext | None = None) -> None:
-        self.prune(ctx)
-
-    def _generator(self) -> torch.Generator:
-        gen = torch.Generator()
-        gen.manual_seed(self._seed)
-        return gen
 
     def score(self, ctx: PruneContext, r: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -140,7 +125,7 @@ class ScorePaI(Pruner):
 
         cfg = self.config
         if cfg.shuffle or cfg.reinitialize:
-            gen = self._generator()
+            gen = self.generator()
             if cfg.shuffle:
                 shuffle_within_layers(self.masks, gen)
             if cfg.reinitialize:
