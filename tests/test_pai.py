@@ -94,6 +94,76 @@ def test_grasp_hessian_gradient_product_matches_finite_differences():
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-9)
 
 
+class _Branchy(nn.Module):
+    """Stride 2, groups, a biased conv feeding BatchNorm, an unfolded BatchNorm (two users) and a skip."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 8, 3, padding=1, bias=True)
+        self.b1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2, bias=False)
+        self.b2 = nn.BatchNorm2d(8)
+        self.skip = nn.Conv2d(8, 8, 1, stride=2, bias=False)
+        self.c3 = nn.Conv2d(8, 4, 3, padding=2, dilation=2, bias=False)
+        self.b3 = nn.BatchNorm2d(4, affine=False)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.b1(self.c1(x)))
+        c2 = self.c2(h)
+        h = torch.relu(self.b2(c2) + self.skip(h) + 0.1 * c2)  # c2 has two users: not folded
+        h = torch.tanh(self.b3(self.c3(h)))
+        return self.fc(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_fused_second_order_equals_autograd_double_backward(train):
+    """The fused Hessian-gradient product (plain-kernel conv double backward, eval BatchNorm folded) equals
+    PyTorch's own double backward in float64, and the model comes out untouched."""
+    from prunekit.scoring.second_order import _conv_bn_pairs
+
+    torch.manual_seed(0)
+    model = _Branchy().double()
+    for bn in (model.b1, model.b2, model.b3):  # non-trivial running statistics and affine parameters
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        if bn.affine:
+            nn.init.uniform_(bn.weight, 0.5, 1.5)
+            nn.init.uniform_(bn.bias, -0.5, 0.5)
+    model.train(train)
+    assert _conv_bn_pairs(model) == ({} if train else {"c1": "b1", "c3": "b3"})
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    masks = pk.MaskSet.from_model(model)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(6, 2, 9, 9, generator=g, dtype=torch.float64), torch.randint(0, 5, (6,), generator=g))
+               for _ in range(2)]
+    hg, after = {}, {}
+    for mode in ("autograd", "fused"):
+        model.load_state_dict(state)
+        hg[mode] = hessian_gradient_product(model, masks.params, batches, temperature=3.0, second_order=mode)
+        after[mode] = {k: v.clone() for k, v in model.state_dict().items()}
+    for a, b in zip(hg["autograd"], hg["fused"]):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-14)
+    # eval: nothing changes; train: both update the running statistics alike
+    for k, v in after["fused"].items():
+        assert torch.allclose(v, after["autograd"][k], rtol=1e-12, atol=0) and (train or torch.equal(v, state[k]))
+    assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_fused_grasp_masks_equal_autograd_masks_on_resnet20():
+    torch.manual_seed(0)
+    model = pk.models.create("cifar_resnet20", num_classes=10).double()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(16, 3, 32, 32, generator=g, dtype=torch.float64), torch.randint(0, 10, (16,), generator=g))]
+    masks = {}
+    for mode in ("autograd", "fused"):
+        model.load_state_dict(state)
+        masks[mode] = pk.create("grasp", model, sparsity=0.95, second_order=mode).prune(PruneContext(batches=batches))
+    assert masks["fused"].nnz() == num_keep(masks["fused"].numel(), 0.95)
+    assert all(torch.equal(masks["fused"][n], masks["autograd"][n]) for n in masks["fused"].names())
+
+
 def small_cnn():
     return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1),
                          nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, 10))
@@ -329,6 +399,25 @@ def test_segment_topk_matches_topk_mask_with_ties_signs_and_float64():
         assert torch.equal(got, want)
     assert torch.equal(SegmentTopK([50], "cpu")(scores, [0]), torch.zeros(50, dtype=torch.bool))
 
+
+
+def test_segment_topk_active_ranks_inactive_last_like_minus_inf():
+    """The nonnegative fast path (unique int64 keys) and the generic -inf fill select the same entries,
+    also when ``k`` exceeds the number of active entries (then inactive ones are kept, lowest index first)."""
+    from prunekit.scoring.topk import SegmentTopK
+    from prunekit.sparsity import topk_mask
+
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 5, (4000,), generator=g).float()  # ties among active and inactive entries
+    active = torch.rand(4000, generator=g) < 0.1
+    scores[~active] = 0.0
+    n_active = int(active.sum())
+    for k in (0, 1, n_active // 2, n_active, n_active + 7, 4000):
+        want = topk_mask(scores.masked_fill(~active, -torch.inf), k)
+        fast = SegmentTopK([4000], "cpu")(scores, [k], nonnegative=True, active=active).clone()
+        generic = SegmentTopK([4000], "cpu")(scores, [k], nonnegative=False, active=active).clone()
+        assert int(fast.sum()) == k
+        assert torch.equal(fast, want) and torch.equal(generic, want)
 
 def test_scorer_registry_signature():
     from prunekit.scoring import SCORERS

@@ -18,7 +18,7 @@ Every scorer has the signature ``scorer(model, masks, ctx) -> {parameter name: s
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +26,10 @@ from torch import Tensor, nn
 
 from ..sparsity import MaskSet
 from .data import Batch
+from .second_order import second_order_convs
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+SecondOrder = Literal["fused", "autograd"]
 
 
 def magnitude_scores(model: nn.Module, masks: MaskSet) -> dict[str, Tensor]:
@@ -66,7 +68,7 @@ def snip_scores(model: nn.Module, masks: MaskSet, batches: Sequence[Batch], loss
 
 def hessian_gradient_product(model: nn.Module, params: Sequence[Tensor], batches: Sequence[Batch],
                              loss_fn: LossFn | None = None, temperature: float = 200.0,
-                             two_pass: bool = False) -> list[Tensor]:
+                             two_pass: bool = False, second_order: SecondOrder = "fused") -> list[Tensor]:
     """``H g`` with ``g = sum_b grad L_b`` and ``H`` the Hessian of ``sum_b L_b``, at logits / T.
 
     ``two_pass=True`` follows the reference literally: one pass for ``g`` without a graph, a second
@@ -74,7 +76,17 @@ def hessian_gradient_product(model: nn.Module, params: Sequence[Tensor], batches
     its graph kept, sums the detached gradients into ``g`` and differentiates ``sum_b g . grad L_b`` in
     one double-backward: the same quantity with one forward and one backward fewer per batch, at the
     cost of holding all the scoring batches' graphs in memory at once.
+
+    ``second_order="fused"`` runs the convolutions with :func:`~prunekit.scoring.second_order.second_order_convs`
+    (plain convolution kernels in the double backward, eval-mode BatchNorm folded): the same product up
+    to float rounding, about a quarter cheaper on a ResNet. ``"autograd"`` keeps PyTorch's own double
+    backward, the reference's arithmetic bit for bit.
     """
+    if second_order == "fused":
+        with second_order_convs(model):
+            return hessian_gradient_product(model, params, batches, loss_fn, temperature, two_pass, "autograd")
+    if second_order != "autograd":
+        raise ValueError(f"second_order must be 'fused' or 'autograd', got {second_order!r}")
     loss_fn = loss_fn or F.cross_entropy
     params = list(params)
     if two_pass:
@@ -98,10 +110,11 @@ def hessian_gradient_product(model: nn.Module, params: Sequence[Tensor], batches
 
 
 def grasp_scores(model: nn.Module, masks: MaskSet, batches: Sequence[Batch], loss_fn: LossFn | None = None,
-                 temperature: float = 200.0, eps: float = 1e-10, two_pass: bool = False) -> dict[str, Tensor]:
+                 temperature: float = 200.0, eps: float = 1e-10, two_pass: bool = False,
+                 second_order: SecondOrder = "fused") -> dict[str, Tensor]:
     """GraSP ``(Hg) * w / (|sum| + eps)``; keep the highest (see the module docstring for the sign)."""
     params = masks.params
-    hg = hessian_gradient_product(model, params, batches, loss_fn, temperature, two_pass)
+    hg = hessian_gradient_product(model, params, batches, loss_fn, temperature, two_pass, second_order)
     scores = torch._foreach_mul(hg, [p.detach() for p in params])
     norm = torch.stack([s.sum() for s in scores]).sum().abs() + eps
     torch._foreach_div_(scores, norm)

@@ -34,7 +34,11 @@ def kth_smallest(keys: Tensor, k: int) -> Tensor | int:
 
 
 class SegmentTopK:
-    """Keep-masks for consecutive segments of a flat vector, written into one reusable bool buffer."""
+    """Keep-masks for consecutive segments of a flat vector, written into one reusable bool buffer.
+
+    The key buffers are allocated once: a loop that selects every round (SynFlow, DPaI) pays for no
+    fresh multi-megabyte tensors per round.
+    """
 
     def __init__(self, sizes: Sequence[int], device: torch.device | str):
         self.sizes = [int(s) for s in sizes]
@@ -42,6 +46,17 @@ class SegmentTopK:
         self.buf = torch.empty(total, dtype=torch.bool, device=device)
         self.outs = self.buf.split(self.sizes)
         self.tie_break = torch.arange(total - 1, -1, -1, device=device, dtype=torch.int64)
+        self._keys = torch.empty(total, dtype=torch.int64, device=device)
+        self._f32 = torch.empty(total, dtype=torch.float32, device=device)
+
+    def _nonnegative_keys(self, scores: Tensor, active: Tensor | None) -> Tensor:
+        """:func:`order_keys` for scores >= 0 into the preallocated buffer. With ``active``, an active key is
+        ``(bits + 1) << 32 | tie`` and an inactive one its tie-break alone, so every key stays unique (a
+        block of equal keys sends introselect quadratic: 5 ms instead of 0.2 at 90 % inactive)."""
+        bits = torch.add(scores.detach(), 0.0, out=self._f32).view(torch.int32)  # + 0.0: -0.0 becomes +0.0
+        if active is not None:
+            bits.add_(1).mul_(active)  # an int32 * bool product is ~10x faster than masked_fill_
+        return self._keys.copy_(bits).bitwise_left_shift_(32).bitwise_or_(self.tie_break)
 
     def __call__(self, scores: Tensor, keep: Sequence[int], nonnegative: bool = False,
                  active: Tensor | None = None) -> Tensor:
@@ -57,9 +72,10 @@ class SegmentTopK:
                 for part, out, k in zip(scores.split(self.sizes), self.outs, keep):
                     topk_mask(part, max(0, min(int(k), part.numel())), out=out)
                 return self.buf
-        keys = order_keys(scores, self.tie_break, nonnegative)
-        if active is not None and nonnegative:
-            keys.add_(1).mul_(active)  # active keys >= 1, inactive 0: cheaper than a -inf fill and sign fix-up
+        if nonnegative:
+            keys = self._nonnegative_keys(scores, active)
+        else:
+            keys = order_keys(scores, self.tie_break)
         for part, out, size, k in zip(keys.split(self.sizes), self.outs, self.sizes, keep):
             if k >= size:
                 out.fill_(True)
