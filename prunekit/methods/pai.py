@@ -237,12 +237,12 @@ class SynFlow(ScorePaI):
                 s = s.neg_()
             sparsity = round_sparsity(target, r, cfg.rounds, cfg.rounds_schedule)
             if cfg.allocation == "global":
-                keep = select(s, [num_keep(s.numel(), sparsity)], nonnegative=not cfg.invert, active=keep).clone()
+                keep = select(s, [num_keep(s.numel(), sparsity)], nonnegative=not cfg.invert, active=keep)
             else:
                 s = s.masked_fill_(~keep, -torch.inf)
                 parts = {n: v.view(m.shape) for (n, m), v in zip(self.masks.items(), s.split(numels))}
                 keep = torch.cat([k.reshape(-1) for k in masks_from_scores(parts, sparsity, cfg.allocation).values()])
-        return keep
+        return keep.clone()  # the global path returns the selector's reused buffer
 
 
 class IterSNIPConfig(PaIConfig):

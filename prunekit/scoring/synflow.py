@@ -26,8 +26,9 @@ class SynFlowScorer:
     """Reusable SynFlow rounds on a linearised copy of ``model``.
 
     ``train=True`` runs the copy in train mode (Synaptic-Flow ``--train-mode``: BatchNorm then normalises
-    the single all-ones sample with its own statistics). :meth:`flat_scores` takes the current keep-mask as one flat bool tensor (layer order of ``masks``)
-    and returns the flat scores; pruned entries of the copy's weights are zeroed, the model is untouched.
+    the single all-ones sample with its own statistics). :meth:`flat_scores` takes the current keep-mask
+    as one flat bool tensor (layer order of ``masks``) and returns the flat scores in a buffer the next
+    call overwrites; pruned entries of the copy's weights are zeroed, the model is untouched.
     """
 
     def __init__(self, model: nn.Module, masks: MaskSet, input_shape: Sequence[int], dtype: torch.dtype | None = None,
@@ -46,6 +47,7 @@ class SynFlowScorer:
                     t.abs_()
                 t.requires_grad_(False)
         self.flat.requires_grad_(True)
+        self._scores = torch.empty_like(self.flat, requires_grad=False)  # reused: the next round overwrites it
         self._int_view = {torch.float32: torch.int32, torch.float64: torch.int64}.get(dtype, dtype)
         self.slots = []
         for name in self.names:
@@ -63,10 +65,10 @@ class SynFlowScorer:
         for (module, leaf), v, shape in zip(self.slots, self.flat.split(self.numels), self.shapes):
             setattr(module, leaf, v.view(shape))
         (grad,) = torch.autograd.grad(self.net(self.ones).sum(), self.flat)
-        return (grad * self.flat.detach()).abs_()
+        return torch.mul(grad, self.flat.detach(), out=self._scores).abs_()
 
     def scores(self, keep: Tensor | None = None) -> dict[str, Tensor]:
-        flat = self.flat_scores(keep)
+        flat = self.flat_scores(keep).clone()
         return {n: v.view(s) for n, v, s in zip(self.names, flat.split(self.numels), self.shapes)}
 
 

@@ -47,23 +47,26 @@ class SegmentTopK:
         self.outs = self.buf.split(self.sizes)
         self.tie_break = torch.arange(total - 1, -1, -1, device=device, dtype=torch.int64)
         self._keys = torch.empty(total, dtype=torch.int64, device=device)
-        self._f32 = torch.empty(total, dtype=torch.float32, device=device)
+        self._high = torch.empty(total, dtype=torch.int32, device=device)
 
     def _nonnegative_keys(self, scores: Tensor, active: Tensor | None) -> Tensor:
-        """:func:`order_keys` for scores >= 0 into the preallocated buffer. With ``active``, an active key is
-        ``(bits + 1) << 32 | tie`` and an inactive one its tie-break alone, so every key stays unique (a
+        """:func:`order_keys` for scores >= 0, into the preallocated buffer. With ``active``, an active key
+        is ``(bits + 1) << 32 | tie`` and an inactive one its tie-break alone, so every key stays unique (a
         block of equal keys sends introselect quadratic: 5 ms instead of 0.2 at 90 % inactive)."""
-        bits = torch.add(scores.detach(), 0.0, out=self._f32).view(torch.int32)  # + 0.0: -0.0 becomes +0.0
+        bits = scores.detach().to(torch.float32).contiguous().view(torch.int32)
+        high = torch.clamp(bits, min=0, out=self._high)  # -0.0 is the sign bit alone: it becomes +0.0
         if active is not None:
-            bits.add_(1).mul_(active)  # an int32 * bool product is ~10x faster than masked_fill_
-        return self._keys.copy_(bits).bitwise_left_shift_(32).bitwise_or_(self.tie_break)
+            high.add_(1).mul_(active)  # an int32 * bool product is ~10x faster than masked_fill_
+        # tie | high << 32 in one pass (the tie-break is < 2**32, so the sum is the bitwise or)
+        return torch.add(self.tie_break, high, alpha=1 << 32, out=self._keys)
 
     def __call__(self, scores: Tensor, keep: Sequence[int], nonnegative: bool = False,
                  active: Tensor | None = None) -> Tensor:
         """``keep[i]`` largest entries of segment ``i`` of ``scores``; returns the (shared) buffer.
 
         ``active`` (bool, like ``scores``): inactive entries rank below every active one, as if their
-        score were ``-inf`` (iterative pruning never revives a removed weight).
+        score were ``-inf`` (iterative pruning never revives a removed weight). It may be the buffer
+        returned by the previous call: it is read before the buffer is written.
         """
         if scores.dtype == torch.float64 or (active is not None and not nonnegative):
             if active is not None:  # the generic exact selection (float64 has no spare bits for the index)
