@@ -247,6 +247,29 @@ def test_backward_mode_sees_pruned_next_layer():
 
 
 # --- budgets and configuration -----------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["fcn", "lenet5", "conv6", "vgg11_bn_lap", "vgg16_bn_lap", "vgg19_bn_lap",
+                                  "resnet18_lap", "resnet50_lap", "wrn16_8"])
+def test_every_rate_table_fits_its_model(name):
+    """Each reference network's table has one rate per prunable layer of the prunekit model (1x1 projection
+    shortcuts stay dense), and the ResNets' first conv is never pruned."""
+    model = create_model(name)
+    pruner = pk.create("mp", model, rates=name, round=3)
+    pruner.prune(PruneContext())
+    first = pruner.masks.names()[0]
+    assert ("resnet" in name or "wrn" in name) == bool(pruner.masks[first].all())
+    assert not any("shortcut" in n for n in pruner.masks.names())
+    assert pruner.masks.sparsity() == pytest.approx(pruner.target_sparsity(), abs=1e-6)
+
+
+def test_vgg19_rounds_leave_the_reference_percentages():
+    """methods.md §4a: VGG-19 (20,024,000 weights) rounds 1, 2, 14, 18, 24, 28, 30 leave 85.00, 72.25, 10.28,
+    5.37, 2.02, 1.06, 0.76 % of the weights."""
+    model = create_model("vgg19_bn_lap")
+    remaining = [round(100 * (1 - pk.create("lap", model, rates="vgg19", round=t).target_sparsity()), 2)
+                 for t in (1, 2, 14, 18, 24, 28, 30)]
+    assert remaining == [85.0, 72.25, 10.28, 5.37, 2.02, 1.06, 0.76]
+
+
 def test_sparsity_selects_round_and_contradictions_are_errors():
     fcn = create_model("fcn")
     assert pk.create("lap", fcn, rates="fcn", sparsity=0.9364).round == 4

@@ -130,6 +130,8 @@ EXPECTED: dict[str, tuple[int, int]] = {
     "cifar_resnet50": (23_467_712, 23_520_832),
     # LAP ResNet-18: the well-known CIFAR ResNet-18 size 11,173,962 (fc with bias)
     "resnet18_lap": (11_164_352, 11_173_962),
+    # LAP's Tiny-ImageNet ResNet-50 (masked_resnet_64.py): CIFAR ResNet-50 convs, 200-class fc with bias
+    "resnet50_lap": (23_856_832, 23_910_152),
     # torchvision resnet18 / resnet50 num_params (= BiP models/resnet.py)
     "imagenet_resnet18": (11_678_912, 11_689_512),
     "imagenet_resnet50": (25_502_912, 25_557_032),
@@ -156,6 +158,7 @@ def test_expected_counts_follow_from_arithmetic():
     assert resnet(3, R34, 512, 10, fc_bias=False) == EXPECTED["cifar_resnet34"]
     assert resnet(3, R50, 2048, 10, fc_bias=False, bottleneck=True) == EXPECTED["cifar_resnet50"]
     assert resnet(3, R18, 512, 10, fc_bias=True) == EXPECTED["resnet18_lap"]
+    assert resnet(3, R50, 2048, 200, fc_bias=True, bottleneck=True) == EXPECTED["resnet50_lap"]
     assert resnet(7, R18, 512, 1000, fc_bias=True) == EXPECTED["imagenet_resnet18"]
     assert resnet(7, R50, 2048, 1000, fc_bias=True, bottleneck=True) == EXPECTED["imagenet_resnet50"]
     assert wrn16_8() == EXPECTED["wrn16_8"]
@@ -212,6 +215,7 @@ def test_forward_backward(name):
         ("vgg19_bn_granet", {"input_size": 64}, (3, 64, 64)),  # GraNet's Tiny-ImageNet AvgPool2d(4)
         ("vgg11_bn_lap", {"input_size": 64}, (3, 64, 64)),  # LAP's _64 variant: strided first conv
         ("resnet18_lap", {"input_size": 64}, (3, 64, 64)),
+        ("resnet50_lap", {"input_size": 32}, (3, 32, 32)),
         ("wrn16_8", {"input_size": 32, "dropout": 0.0}, (3, 32, 32)),
         ("cifar_resnet18", {"in_channels": 1}, (1, 28, 28)),
         ("resnet20s", {}, (3, 32, 32)),
@@ -276,7 +280,7 @@ def test_cifar_resnet20_prunable_order():
 @pytest.mark.parametrize(
     "name, projections",
     [("cifar_resnet20", 2), ("resnet20s", 0), ("cifar_resnet18", 3), ("cifar_resnet50", 4),
-     ("resnet18_lap", 3), ("imagenet_resnet18", 3), ("imagenet_resnet50", 4), ("wrn16_8", 3)],
+     ("resnet18_lap", 3), ("resnet50_lap", 4), ("imagenet_resnet18", 3), ("imagenet_resnet50", 4), ("wrn16_8", 3)],
 )
 def test_projection_shortcuts_are_named_shortcut(name, projections):
     with torch.device("meta"):

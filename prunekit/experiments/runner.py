@@ -94,7 +94,7 @@ class Built:
     def new_model(self) -> torch.nn.Module:
         seed_everything(self.cfg.seed)
         model = create_model(self.cfg.model.name, model_kwargs(self.cfg, self.spec), self.spec.num_classes)
-        check_model_fits(model, self.cfg, self.input_shape, self.spec.num_classes)
+        check_model_fits(model, self.cfg.model.name, self.cfg.data.name, self.input_shape, self.spec.num_classes)
         return model.to(self.device)
 
 
@@ -359,6 +359,16 @@ def run_id(cfg: ExperimentConfig) -> str:
     return f"{cfg.name}-{run_hash(cfg)}"
 
 
+def _target_sparsity(cfg: ExperimentConfig, built: Built) -> float:
+    """The configured sparsity, else the one the method derives (LAP's ``rates`` x ``round``)."""
+    if cfg.method.get("sparsity") is not None:
+        return float(cfg.method["sparsity"])
+    try:
+        return float(built.pruner.target_sparsity())
+    except PrunekitError:  # a method without one number as its target (no sparsity configured)
+        return 0.0
+
+
 def _row(cfg: ExperimentConfig, built: Built, run_dir: Path, status: str, summary: dict | None = None,
          wall: float = 0.0, error: str | None = None) -> dict[str, Any]:
     masks = built.pruner.masks if built.pruner.schedule != "none" else None
@@ -372,7 +382,7 @@ def _row(cfg: ExperimentConfig, built: Built, run_dir: Path, status: str, summar
         "model": cfg.model.name,
         "dataset": cfg.data.name,
         "seed": cfg.seed,
-        "target_sparsity": float(cfg.method.get("sparsity", 0.0)),
+        "target_sparsity": _target_sparsity(cfg, built),
         "achieved_sparsity": masks.sparsity() if masks is not None else 0.0,
         "final_acc": summary.get("final_acc"),
         "best_acc": summary.get("best_acc"),

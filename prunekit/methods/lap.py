@@ -41,7 +41,7 @@ RATE_TABLES: dict[str, tuple[float, ...]] = {
 }
 # prunekit model names and the reference's spellings of the same networks
 RATE_ALIASES = {"mlp": "fcn", "lenet": "lenet5", "vgg11_bn_lap": "vgg11", "vgg16_bn_lap": "vgg16",
-                "vgg19_bn_lap": "vgg19", "resnet18_lap": "resnet18", "wrn16_8": "wrn16_8_64",
+                "vgg19_bn_lap": "vgg19", "resnet18_lap": "resnet18", "resnet50_lap": "resnet50_64", "wrn16_8": "wrn16_8_64",
                 "wrn-16-8_64": "wrn16_8_64"}
 # Global sparsities per level (reference mlp_global / conv6_global).
 GLOBAL_LEVELS: dict[str, tuple[float, ...]] = {

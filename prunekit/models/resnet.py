@@ -139,6 +139,21 @@ def resnet18_lap(num_classes: int = 10, in_channels: int = 3, input_size: int = 
     return model
 
 
+@MODELS.register(
+    "resnet50_lap", family="resnet", input_shape=(3, 64, 64), num_classes=200,
+    paper="Park et al., Lookahead: A Far-sighted Alternative of Magnitude-based Pruning, ICLR 2020",
+    source="alinlab/lookahead_pruning network/masked_resnet_64.py (MaskedResNet50_64, 'resnet50_64')",
+    init="xavier-normal weights, zero biases for masked convs and fc; 1x1 shortcuts PyTorch default",
+)
+def resnet50_lap(num_classes: int = 200, in_channels: int = 3, input_size: int = 64) -> nn.Module:
+    """LAP's Tiny-ImageNet ResNet-50: bottleneck blocks, a 3x3 stem with stride 2 at 64x64 (stride 1 at
+    32x32), fc with bias; its 4x4 final average pool is the global pool at 64x64."""
+    check_size("resnet50_lap", input_size, "64 (Tiny-ImageNet) or 32 (CIFAR)", input_size in (32, 64))
+    model = ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, stem_stride=input_size // 32)
+    winit.lap_xavier(model)
+    return model
+
+
 def _register_imagenet(depth: int):
     block, plan = _PLANS[depth]
 
