@@ -186,6 +186,13 @@ def test_no_effective_node_aborts_with_layer_collapse_error():
         pruner.prune()
 
 
+@pytest.mark.parametrize("method", ["random", "magnitude", "granet", "lap", "bip"])
+def test_every_method_takes_compression(method):
+    """``compression`` is a setting of every method (one validator in MethodConfig), so a PaI grid in the
+    DPaI unit can list baselines of any family."""
+    assert pk.create(method, mlp(), compression=1.5).config.sparsity == pytest.approx(1 - 10 ** -1.5)
+
+
 def test_compression_converts_and_conflicts_are_rejected():
     assert pk.create("dpai", mlp(), compression=2.0).config.sparsity == pytest.approx(0.99)
     assert pk.create("dpai", mlp(), compression=1.0, sparsity=0.9).config.sparsity == pytest.approx(0.9)

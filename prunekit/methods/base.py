@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Iterator
 
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from torch import nn
 
 from ..errors import ConfigError
-from ..sparsity import MaskSet, check_sparsity, mask_optimizer_state_
+from ..sparsity import MaskSet, check_sparsity, mask_optimizer_state_, sparsity_from_compression
 from ..sparsity.optim_state import check_policy
 
 
@@ -33,8 +33,21 @@ class MethodConfig(BaseModel):
 
     name: str
     sparsity: float = 0.0
+    #: the DPaI / Synaptic-Flow unit, density = 10**-compression (2.5 -> 99.68 %); sets ``sparsity``
+    compression: float | None = None
     targets: str | dict[str, Any] = "default"
     optimizer_state: str | None = None  # None: the method's own default
+
+    @model_validator(mode="before")
+    @classmethod
+    def _compression_to_sparsity(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("compression") is not None:
+            s = sparsity_from_compression(data["compression"])
+            if "sparsity" in data and abs(float(data["sparsity"]) - s) > 1e-12:
+                raise ValueError(f"compression={data['compression']} means sparsity={s:.6g} but sparsity="
+                                 f"{data['sparsity']} was also given; allowed: one of the two")
+            data = {**data, "sparsity": s}
+        return data
 
     @field_validator("sparsity")
     @classmethod

@@ -2,21 +2,12 @@
 (``phew``, ``npb``): the settings every one of them takes and a seed fixed when the pruner is built."""
 from __future__ import annotations
 
-from pydantic import model_validator
-
 from .base import InitPruner, MethodConfig
-from .pai import compression_to_sparsity
 
 
 class DataFreeConfig(MethodConfig):
-    compression: float | None = None  # density = 10**-compression; sets sparsity
     seed: int | None = None  # the method's randomness; None: drawn from the global RNG when the pruner is built
     input_shape: tuple[int, ...] | None = None  # None: one sample of ctx.batches
-
-    @model_validator(mode="before")
-    @classmethod
-    def _compression_to_sparsity(cls, data):
-        return compression_to_sparsity(data)
 
 
 class DataFreePruner(InitPruner):

@@ -34,7 +34,6 @@ from ..scoring.paths import FlatLayout, PathCounter
 from ..scoring.topk import SegmentTopK
 from ..sparsity import allocate, num_zeros
 from .base import InitPruner, MethodConfig, PruneContext
-from .pai import compression_to_sparsity
 from .registry import METHODS
 
 
@@ -52,16 +51,10 @@ class DPaIConfig(MethodConfig):
     steps: int = 3000
     allocation: Literal["erk", "uniform", "global"] = "erk"
     optimize: bool = True
-    compression: float | None = None  # density = 10**-compression; sets sparsity
     seed: int | None = None  # score initialisation; None: drawn from the global RNG
     input_shape: tuple[int, ...] | None = None  # None: one sample of ctx.batches
     check_every: int = 100  # steps between host-side checks for "no effective node left"
     cpu_threads: int | None = None  # None: one per million weights (batch-1 work is too small to share)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _compression_to_sparsity(cls, data):
-        return compression_to_sparsity(data)
 
     @model_validator(mode="after")
     def _ranges(self):

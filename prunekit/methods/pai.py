@@ -32,28 +32,15 @@ from ..scoring.prospr import prospr_scores
 from ..scoring.topk import SegmentTopK
 from ..scoring.data import (cycle_batches, input_shape_from, model_device, num_classes_of, take_samples, threads_for,
                             train_mode)
-from ..sparsity import masks_from_scores, num_keep, sparsity_from_compression
+from ..sparsity import masks_from_scores, num_keep
 from .base import InitPruner, MethodConfig, PruneContext
 from .registry import METHODS
-
-
-def compression_to_sparsity(data):
-    """Config pre-validation: ``compression: c`` (density 10**-c) sets ``sparsity``; both must agree."""
-    if isinstance(data, dict) and data.get("compression") is not None:
-        s = sparsity_from_compression(data["compression"])
-        if "sparsity" in data and abs(float(data["sparsity"]) - s) > 1e-12:
-            raise ValueError(f"compression={data['compression']} means sparsity={s:.6g} but sparsity="
-                             f"{data['sparsity']} was also given; allowed: one of the two")
-        data = {**data, "sparsity": s}
-    return data
 
 
 class PaIConfig(MethodConfig):
     """Settings shared by the score-based PaI methods."""
 
     allocation: Literal["global", "uniform", "erk", "er"] = "global"
-    #: DPaI / Synaptic-Flow unit: density = 10**-compression; sets ``sparsity`` when given
-    compression: float | None = None
     rounds: int = 1
     rounds_schedule: Literal["exponential", "linear"] = "exponential"
     train_mode: bool = False
@@ -61,11 +48,6 @@ class PaIConfig(MethodConfig):
     shuffle: bool = False
     reinitialize: bool = False
     seed: int | None = None  # for shuffle / reinitialize; None: the global RNG
-
-    @model_validator(mode="before")
-    @classmethod
-    def _compression_to_sparsity(cls, data):
-        return compression_to_sparsity(data)
 
     @model_validator(mode="after")
     def _positive_rounds(self):
