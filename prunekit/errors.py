@@ -40,6 +40,10 @@ class NumericError(PrunekitError):
     """Training produced NaN/Inf values."""
 
 
+class ModelError(PrunekitError):
+    """A model (its layers, outputs or inputs) is outside what a method or setting supports."""
+
+
 class LayerCollapseError(MaskError):
     """A mask disconnects the network (a layer keeps no effective weight)."""
 
