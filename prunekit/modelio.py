@@ -110,6 +110,13 @@ def slice_batch(x: Any, n: int) -> Any:
     return x[:n]
 
 
+def concat_batches(xs: list[Any]) -> Any:
+    """One batch input from several (tensors, or mappings of tensors with the same keys)."""
+    if xs and isinstance(xs[0], Mapping):
+        return {k: torch.cat([x[k] for x in xs]) for k in xs[0]}
+    return torch.cat(xs)
+
+
 def batch_to(x: Any, device: torch.device) -> Any:
     if isinstance(x, Mapping):
         return {k: v.to(device, non_blocking=True) for k, v in x.items()}

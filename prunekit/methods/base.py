@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from torch import nn
 
 from ..errors import ConfigError
+from ..modelio import DEFAULT_IO, ModelIO
 from ..sparsity import MaskSet, check_sparsity, mask_optimizer_state_, sparsity_from_compression
 from ..sparsity.optim_state import check_policy
 
@@ -65,14 +66,16 @@ class MethodConfig(BaseModel):
 @dataclass
 class PruneContext:
     """What a hook may need besides the model: batches for data-driven scores, the optimizer, the
-    loss function, the device, and the total number of optimizer steps of the phase. ``second_batches``
-    is the split's extra stream when it has one (BiP's independently shuffled pass over the train set,
-    a held-out validation set)."""
+    loss function and output rule (``loss_fn(logits, target)``, ``output_fn(model_output) -> logits``,
+    see :mod:`prunekit.modelio`; ``None``: the defaults there), the device, and the total number of
+    optimizer steps of the phase. ``second_batches`` is the split's extra stream when it has one (BiP's
+    independently shuffled pass over the train set, a held-out validation set)."""
 
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None
-    second_batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None
+    batches: Iterable[tuple[Any, torch.Tensor]] | None = None
+    second_batches: Iterable[tuple[Any, torch.Tensor]] | None = None
     optimizer: torch.optim.Optimizer | None = None
     loss_fn: Any = None
+    output_fn: Any = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     total_steps: int = 0
     steps_per_epoch: int = 0
@@ -94,9 +97,14 @@ class Pruner:
     def __init__(self, model: nn.Module, config: MethodConfig):
         self.model = model
         self.config = config
+        self.io: ModelIO = DEFAULT_IO  # ``create(..., loss_fn=, output_fn=)`` sets the user's
         self.masks = MaskSet.from_model(model, config.targets)
         self.optimizer_state = check_policy(config.optimizer_state or self.default_optimizer_state)
         self.optimizer: torch.optim.Optimizer | None = None
+
+    def io_for(self, ctx: "PruneContext | None") -> ModelIO:
+        """The output rule and loss of this call: the context's, else those given to ``create``."""
+        return self.io if ctx is None else self.io.merged(ctx.output_fn, ctx.loss_fn)
 
     # --- scheduling ----------------------------------------------------------------------------
     schedule: ClassVar[str] = "during"  # a property where a setting decides (magnitude)

@@ -23,10 +23,10 @@ import itertools
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import model_validator
 
 from ..errors import ConfigError
+from ..modelio import batch_to, concat_batches
 from ..scoring import SynFlowScorer, grasp_scores, snip_scores
 from ..scoring.prospr import prospr_scores
 from ..scoring.topk import SegmentTopK
@@ -142,7 +142,8 @@ class SNIP(ScorePaI):
     def score(self, ctx: PruneContext, r: int) -> dict[str, torch.Tensor]:
         if r == 1 or not hasattr(self, "_data"):
             self._data = _scoring_samples(self.model, ctx, self.config, self.name)
-        return snip_scores(self.model, self.masks, self._data, ctx.loss_fn or F.cross_entropy)
+        io = self.io_for(ctx)
+        return snip_scores(self.model, self.masks, self._data, io.loss_fn, output_fn=io.output_fn)
 
     def prune(self, ctx: PruneContext | None = None):
         try:
@@ -173,8 +174,9 @@ class GraSP(SNIP):
         cfg = self.config
         if r == 1 or not hasattr(self, "_data"):
             self._data = _scoring_samples(self.model, ctx, cfg, self.name)
-        return grasp_scores(self.model, self.masks, self._data, ctx.loss_fn or F.cross_entropy,
-                            cfg.temperature, cfg.eps, cfg.two_pass, cfg.second_order)
+        io = self.io_for(ctx)
+        return grasp_scores(self.model, self.masks, self._data, io.loss_fn, cfg.temperature, cfg.eps, cfg.two_pass,
+                            cfg.second_order, io.output_fn)
 
 
 class SynFlowConfig(PaIConfig):
@@ -253,9 +255,10 @@ class IterSNIP(ScorePaI):
 
     def score(self, ctx: PruneContext, r: int) -> dict[str, torch.Tensor]:
         device = model_device(self.model)
-        data = [(x.to(device), y.to(device)) for x, y in itertools.islice(self._stream, self.config.batches_per_round)]
+        data = [(batch_to(x, device), y.to(device)) for x, y in itertools.islice(self._stream, self.config.batches_per_round)]
         # FORCE averages the gradients over the batches; SNIP's normalisation makes it the same ranking
-        return snip_scores(self.model, self.masks, data, ctx.loss_fn or F.cross_entropy)
+        io = self.io_for(ctx)
+        return snip_scores(self.model, self.masks, data, io.loss_fn, output_fn=io.output_fn)
 
 
 class ProsPrConfig(PaIConfig):
@@ -277,6 +280,7 @@ class ProsPr(ScorePaI):
     def score(self, ctx: PruneContext, r: int) -> dict[str, torch.Tensor]:
         cfg = self.config
         data = take_samples(ctx.batches, cfg.num_samples, model_device(self.model), self.name)
-        x, y = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
-        return prospr_scores(self.model, self.masks, x, y, ctx.loss_fn or F.cross_entropy, cfg.inner_steps,
-                             cfg.inner_lr, cfg.inner_momentum)
+        x, y = concat_batches([b[0] for b in data]), torch.cat([b[1] for b in data])
+        io = self.io_for(ctx)
+        return prospr_scores(self.model, self.masks, x, y, io.loss_fn, cfg.inner_steps, cfg.inner_lr,
+                             cfg.inner_momentum, io.output_fn)

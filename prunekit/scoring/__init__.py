@@ -20,8 +20,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
+from ..modelio import concat_batches
 from .data import input_shape_from, take_samples
 from .gradient import grasp_scores, hessian_gradient_product, magnitude_scores, snip_scores
 from .paths import IDENTITY_TYPES, FlatLayout, PathCounter
@@ -31,12 +31,12 @@ from .synflow import SynFlowScorer, synflow_scores
 
 def _snip(model, masks, ctx, num_samples: int = 100):
     data = take_samples(ctx.batches, num_samples, masks.params[0].device, "snip")
-    return snip_scores(model, masks, data, ctx.loss_fn or F.cross_entropy)
+    return snip_scores(model, masks, data, ctx.loss_fn, output_fn=ctx.output_fn)
 
 
 def _grasp(model, masks, ctx, num_samples: int = 100):
     data = take_samples(ctx.batches, num_samples, masks.params[0].device, "grasp")
-    return grasp_scores(model, masks, data, ctx.loss_fn or F.cross_entropy)
+    return grasp_scores(model, masks, data, ctx.loss_fn, output_fn=ctx.output_fn)
 
 
 def _synflow(model, masks, ctx, input_shape=None):
@@ -45,8 +45,8 @@ def _synflow(model, masks, ctx, input_shape=None):
 
 def _prospr(model, masks, ctx, num_samples: int = 128, steps: int = 3, lr: float = 0.1):
     data = take_samples(ctx.batches, num_samples, masks.params[0].device, "prospr")
-    x, y = torch.cat([b[0] for b in data]), torch.cat([b[1] for b in data])
-    return prospr_scores(model, masks, x, y, ctx.loss_fn or F.cross_entropy, steps, lr)
+    x, y = concat_batches([b[0] for b in data]), torch.cat([b[1] for b in data])
+    return prospr_scores(model, masks, x, y, ctx.loss_fn, steps, lr, output_fn=ctx.output_fn)
 
 
 def _magnitude(model, masks, ctx):

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..modelio import batch_size_of, batch_to, slice_batch
 
 Batch = tuple[Tensor, Tensor]
 
@@ -30,10 +31,11 @@ def take_samples(batches: Iterable[Batch] | None, num_samples: int, device: torc
     for x, y in batches:
         if remaining <= 0:
             break
-        if x.shape[0] > remaining:
-            x, y = x[:remaining], y[:remaining]
-        out.append((x.to(device, non_blocking=True), y.to(device, non_blocking=True)))
-        remaining -= x.shape[0]
+        n = batch_size_of(x)
+        if n > remaining:
+            x, y, n = slice_batch(x, remaining), y[:remaining], remaining
+        out.append((batch_to(x, device), y.to(device, non_blocking=True)))
+        remaining -= n
     if not out:
         raise ConfigError(f"{what} needs data but ctx.batches yielded no batch")
     return out

@@ -21,9 +21,9 @@ from __future__ import annotations
 from typing import Callable, Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..modelio import ModelIO, OutputFn
 from ..sparsity import MaskSet
 from .data import Batch
 from .second_order import second_order_convs
@@ -37,27 +37,25 @@ def magnitude_scores(model: nn.Module, masks: MaskSet) -> dict[str, Tensor]:
     return {n: p.detach().abs() for n, p in zip(masks.names(), masks.params)}
 
 
-def _summed_gradients(model: nn.Module, params: Sequence[Tensor], batches: Sequence[Batch], loss_fn: LossFn,
+def _summed_gradients(model: nn.Module, params: Sequence[Tensor], batches: Sequence[Batch], io: ModelIO,
                       scale: float = 1.0) -> list[Tensor]:
     total: list[Tensor] | None = None
     for x, y in batches:
-        out = model(x)
-        loss = loss_fn(out / scale if scale != 1.0 else out, y)
-        grads = torch.autograd.grad(loss, params)
+        grads = torch.autograd.grad(io.loss(model, x, y, scale), params)
         total = list(grads) if total is None else torch._foreach_add(total, grads)
     assert total is not None
     return total
 
 
 def snip_scores(model: nn.Module, masks: MaskSet, batches: Sequence[Batch], loss_fn: LossFn | None = None,
-                normalize: bool = True) -> dict[str, Tensor]:
+                normalize: bool = True, output_fn: OutputFn | None = None) -> dict[str, Tensor]:
     """SNIP connection sensitivity ``|w * sum_b dL_b/dw|`` (normalised to sum 1 by default).
 
     Only the prunable weights are differentiated (``autograd.grad``), so no ``.grad`` of the model is
     touched and biases/normalisation parameters cost no gradient work.
     """
     params = masks.params
-    grads = _summed_gradients(model, params, batches, loss_fn or F.cross_entropy)
+    grads = _summed_gradients(model, params, batches, ModelIO(output_fn, loss_fn))
     scores = torch._foreach_mul(grads, [p.detach() for p in params])
     torch._foreach_abs_(scores)
     if normalize:
@@ -68,7 +66,8 @@ def snip_scores(model: nn.Module, masks: MaskSet, batches: Sequence[Batch], loss
 
 def hessian_gradient_product(model: nn.Module, params: Sequence[Tensor], batches: Sequence[Batch],
                              loss_fn: LossFn | None = None, temperature: float = 200.0,
-                             two_pass: bool = False, second_order: SecondOrder = "fused") -> list[Tensor]:
+                             two_pass: bool = False, second_order: SecondOrder = "fused",
+                             output_fn: OutputFn | None = None) -> list[Tensor]:
     """``H g`` with ``g = sum_b grad L_b`` and ``H`` the Hessian of ``sum_b L_b``, at logits / T.
 
     ``two_pass=True`` follows the reference literally: one pass for ``g`` without a graph, a second
@@ -84,16 +83,17 @@ def hessian_gradient_product(model: nn.Module, params: Sequence[Tensor], batches
     """
     if second_order == "fused":
         with second_order_convs(model):
-            return hessian_gradient_product(model, params, batches, loss_fn, temperature, two_pass, "autograd")
+            return hessian_gradient_product(model, params, batches, loss_fn, temperature, two_pass, "autograd",
+                                            output_fn)
     if second_order != "autograd":
         raise ValueError(f"second_order must be 'fused' or 'autograd', got {second_order!r}")
-    loss_fn = loss_fn or F.cross_entropy
+    io = ModelIO(output_fn, loss_fn)
     params = list(params)
     if two_pass:
-        g = _summed_gradients(model, params, batches, loss_fn, temperature)
+        g = _summed_gradients(model, params, batches, io, temperature)
         hg: list[Tensor] | None = None
         for x, y in batches:
-            grads = torch.autograd.grad(loss_fn(model(x) / temperature, y), params, create_graph=True)
+            grads = torch.autograd.grad(io.loss(model, x, y, temperature), params, create_graph=True)
             dot = torch.stack([(a * b).sum() for a, b in zip(g, grads)]).sum()
             part = torch.autograd.grad(dot, params)
             hg = list(part) if hg is None else torch._foreach_add(hg, part)
@@ -101,7 +101,7 @@ def hessian_gradient_product(model: nn.Module, params: Sequence[Tensor], batches
         return hg
     per_batch = []
     for x, y in batches:
-        per_batch.append(torch.autograd.grad(loss_fn(model(x) / temperature, y), params, create_graph=True))
+        per_batch.append(torch.autograd.grad(io.loss(model, x, y, temperature), params, create_graph=True))
     g = [t.detach() for t in per_batch[0]]
     for gb in per_batch[1:]:  # same summation order as the two-pass path
         g = torch._foreach_add(g, [t.detach() for t in gb])
@@ -111,10 +111,10 @@ def hessian_gradient_product(model: nn.Module, params: Sequence[Tensor], batches
 
 def grasp_scores(model: nn.Module, masks: MaskSet, batches: Sequence[Batch], loss_fn: LossFn | None = None,
                  temperature: float = 200.0, eps: float = 1e-10, two_pass: bool = False,
-                 second_order: SecondOrder = "fused") -> dict[str, Tensor]:
+                 second_order: SecondOrder = "fused", output_fn: OutputFn | None = None) -> dict[str, Tensor]:
     """GraSP ``(Hg) * w / (|sum| + eps)``; keep the highest (see the module docstring for the sign)."""
     params = masks.params
-    hg = hessian_gradient_product(model, params, batches, loss_fn, temperature, two_pass, second_order)
+    hg = hessian_gradient_product(model, params, batches, loss_fn, temperature, two_pass, second_order, output_fn)
     scores = torch._foreach_mul(hg, [p.detach() for p in params])
     norm = torch.stack([s.sum() for s in scores]).sum().abs() + eps
     torch._foreach_div_(scores, norm)

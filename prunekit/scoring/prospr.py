@@ -15,17 +15,28 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..modelio import ModelIO
 from ..sparsity import MaskSet
 
 
+class _Functional:
+    """``model`` called with the given parameter and buffer values (``torch.func.functional_call``)."""
+
+    def __init__(self, model: nn.Module, values: dict[str, Tensor]):
+        self.model, self.values = model, values
+
+    def __call__(self, *args, **kwargs):
+        return functional_call(self.model, self.values, args, kwargs)
+
+
 def prospr_scores(model: nn.Module, masks: MaskSet, x: Tensor, y: Tensor, loss_fn: Callable | None = None,
-                  steps: int = 3, lr: float = 0.1, momentum: float = 0.0) -> dict[str, Tensor]:
+                  steps: int = 3, lr: float = 0.1, momentum: float = 0.0,
+                  output_fn: Callable | None = None) -> dict[str, Tensor]:
     """``{name: |meta-gradient|}`` after ``steps`` differentiable SGD steps on ``(x, y)``."""
-    loss_fn = loss_fn or F.cross_entropy
+    io = ModelIO(output_fn, loss_fn)
     names = masks.names()
     gates = {n: torch.ones_like(p, requires_grad=True) for n, p in zip(names, masks.params)}
     fast = {n: p.detach() * gates[n] if n in gates else p.detach().clone().requires_grad_(p.is_floating_point())
@@ -33,13 +44,13 @@ def prospr_scores(model: nn.Module, masks: MaskSet, x: Tensor, y: Tensor, loss_f
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
     momenta: dict[str, Tensor] = {}
     for _ in range(steps):
-        loss = loss_fn(functional_call(model, {**fast, **buffers}, (x,)), y)
+        loss = io.loss(_Functional(model, {**fast, **buffers}), x, y)
         keys = [n for n, t in fast.items() if t.requires_grad]
         grads = torch.autograd.grad(loss, [fast[n] for n in keys], create_graph=True)
         for n, g in zip(keys, grads):
             if momentum:
                 g = momenta[n] = g.detach().clone() if n not in momenta else momenta[n] * momentum + g
             fast[n] = fast[n] - lr * g
-    loss = loss_fn(functional_call(model, {**fast, **buffers}, (x,)), y)
+    loss = io.loss(_Functional(model, {**fast, **buffers}), x, y)
     meta = torch.autograd.grad(loss, list(gates.values()))
     return {n: g.abs() for n, g in zip(names, meta)}
