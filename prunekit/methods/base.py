@@ -148,8 +148,21 @@ class Pruner:
         if self.optimizer is not None and self.optimizer_state != "keep":
             mask_optimizer_state_(self.optimizer, self.masks)
 
+    #: why ``step()`` after ``optimizer.step()`` is not this method, and the call it needs instead;
+    #: ``None`` where the post-step hook is the whole per-step work (``step()`` then refuses nothing)
+    own_loop_refusal: ClassVar[str | None] = None
+
+    def own_loop_check(self) -> None:
+        """Refuse a user loop that would silently run another method (see ``own_loop_refusal``)."""
+        if self.own_loop_refusal is not None:
+            raise ConfigError(f"{self.name}: {self.own_loop_refusal}")
+
     def step(self) -> None:
-        """Call after ``optimizer.step()`` in your own loop: runs the post-step hook."""
+        """Call after ``optimizer.step()`` in your own loop: runs the post-step hook. Methods whose
+        update is more than that (BiP's bi-level step, RigL's pre-step growth) refuse in one line and
+        name the call they need."""
+        if not getattr(self, "_user_step", 0):
+            self.own_loop_check()
         self._user_step = getattr(self, "_user_step", 0) + 1
         self.after_optimizer_step(self._user_step)
 

@@ -46,7 +46,6 @@ import math
 from typing import Any, Iterable, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -118,8 +117,12 @@ class BiP(Pruner):
         self._second: _Stream | None = None
 
     schedule = "after"
+    own_loop_refusal = ("pruner.step() after optimizer.step() would only fine-tune the starting mask (that is "
+                        "OMP, not BiP); call pruner.train_step(x, y, optimizer, step) for each batch instead, "
+                        "after pruner.setup(ctx) and pruner.prune()")
 
     def setup(self, ctx: PruneContext) -> None:
+        self._io = self.io_for(ctx)
         spe = ctx.steps_per_epoch or (len(ctx.batches) if hasattr(ctx.batches, "__len__") else 1)
         self.steps_per_epoch = max(1, spe)
         self.epochs = max(1, math.ceil(ctx.total_steps / self.steps_per_epoch))
@@ -164,7 +167,7 @@ class BiP(Pruner):
     def _loss_backward(self, x: Tensor, y: Tensor, zero_grad) -> Tensor:
         """Cross-entropy on ``(x, y)`` and fresh gradients (``zero_grad`` of the optimizer or the model),
         averaged over the processes of a distributed run (BiP calls the model outside DDP's backward)."""
-        loss = F.cross_entropy(self.model(x), y)
+        loss = getattr(self, "_io", self.io).loss(self.model, x, y)
         zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(self.model.parameters())

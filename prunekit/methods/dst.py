@@ -457,6 +457,9 @@ class RigL(_FixedDensity):
     name = "rigl"
     growth = "gradient"
     config: RigLConfig
+    own_loop_refusal = ("its growth reads the dense gradients before the optimizer step, which pruner.step() "
+                        "after optimizer.step() cannot see; use optimizer = pruner.wrap(optimizer) and call "
+                        "optimizer.step() as usual")
 
     def after_backward(self, step: int) -> None:
         # the update sees the weights before this step's update, as in RigL's cond_mask_update_op; a user

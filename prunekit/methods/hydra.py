@@ -19,10 +19,11 @@ import math
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+from ..modelio import DEFAULT_IO, ModelIO
 from ..sparsity import MaskSet, allocate, num_keep, topk_mask
 from .base import MethodConfig, PruneContext, Pruner
 from .registry import METHODS
@@ -307,21 +308,24 @@ class Hydra(Pruner):
         self.bank.select()
         self.bank.write_z()
         self._bufs = []
+        if cfg.score_epochs and ctx is None:  # an explicit context without batches: initialise for score_step()
+            raise ConfigError(f"{self.name} trains its scores on data for score_epochs={cfg.score_epochs}: call "
+                              "pruner.prune(PruneContext(batches=...)); score_epochs=0 keeps the initial scores")
         if ctx is not None and ctx.batches is not None:
-            loss_fn = ctx.loss_fn or F.cross_entropy
+            io = self.io_for(ctx)
             for epoch in range(cfg.score_epochs):
                 lr = cfg.score_lr * epoch_factor(cfg.score_schedule, epoch, cfg.score_epochs)
                 if hasattr(ctx.batches, "set_epoch"):
                     ctx.batches.set_epoch(epoch)
                 for x, y in ctx.batches:
-                    self.score_step(x, y, lr, loss_fn)
+                    self.score_step(x, y, lr, io)
         return self.masks
 
-    def score_step(self, x: Tensor, y: Tensor, lr: float, loss_fn=F.cross_entropy) -> Tensor:
+    def score_step(self, x: Tensor, y: Tensor, lr: float, io: ModelIO = DEFAULT_IO) -> Tensor:
         """One SGD step on the scores (and BN affine parameters) with the weights frozen."""
         cfg, bank, model = self.config, self.bank, self.model
         model.train()
-        loss = loss_fn(model(x), y)
+        loss = io.loss(model, x, y)
         model.zero_grad(set_to_none=True)
         loss.backward()
         g_s = bank.score_grad(bank.grad_z())

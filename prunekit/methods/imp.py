@@ -25,6 +25,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..sparsity import MaskSet, allocate, num_keep, topk_mask
 from .base import PruneContext, Pruner
 from .hydra import ScoreConfig
@@ -110,6 +111,7 @@ class IMP(Pruner):
     def prune_level(self, level: int) -> MaskSet:
         """Prune to level ``level`` (1-based) of :meth:`plan` from the current weights and masks."""
         self.level = level
+        self._collapsed = False
         self._prune_to(self.plan()[level - 1])
         return self.masks
 
@@ -118,13 +120,37 @@ class IMP(Pruner):
         if plan:
             self.level = len(plan)
             self._prune_to(plan[-1])
+            self._collapsed = True
         return self.masks
+
+    def own_loop_check(self) -> None:
+        if getattr(self, "_collapsed", False):
+            raise ConfigError(
+                f"{self.name}: prune() pruned to the target in one magnitude step (that is one-shot magnitude "
+                "pruning, not IMP); an own loop runs the levels: for level in range(1, len(pruner.plan()) + 1): "
+                "train, pruner.prune_level(level), pruner.rewind_(), retrain")
+
+    def rewind_(self) -> None:
+        """Rewind the surviving weights to the state recorded at step ``rewind_step`` of level 0 (the
+        initialization for ``rewind_step=0``: recorded on the first post-step hook, so call
+        :meth:`record_rewind_point` before training for k = 0); ``rewind="lr"`` keeps the weights."""
+        if self.config.rewind == "lr":
+            return
+        if self.rewind_state is None:
+            raise ConfigError(f"{self.name}: no rewind point recorded; call pruner.record_rewind_point() at step "
+                              f"{self.config.rewind_step} of the dense training (before it, for rewind_step=0)")
+        self.model.load_state_dict(self.rewind_state)
+        self.enforce()
+
+    def record_rewind_point(self) -> None:
+        """Remember the model's current state as the rewind point."""
+        self.rewind_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     # --- rewinding -----------------------------------------------------------------------------
     def after_optimizer_step(self, step: int) -> None:
         self.enforce()
         if self.level == 0 and self.config.rewind == "weights" and step == self.config.rewind_step:
-            self.rewind_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.record_rewind_point()
 
     def state_dict(self) -> dict[str, Any]:
         state = {**super().state_dict(), "level": self.level}
