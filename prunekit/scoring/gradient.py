@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..modelio import ModelIO, OutputFn
 from ..sparsity import MaskSet
 from .data import Batch
-from .second_order import second_order_convs
+from .second_order import math_attention, second_order_convs
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 SecondOrder = Literal["fused", "autograd"]
@@ -64,6 +64,7 @@ def snip_scores(model: nn.Module, masks: MaskSet, batches: Sequence[Batch], loss
     return dict(zip(masks.names(), scores))
 
 
+@math_attention
 def hessian_gradient_product(model: nn.Module, params: Sequence[Tensor], batches: Sequence[Batch],
                              loss_fn: LossFn | None = None, temperature: float = 200.0,
                              two_pass: bool = False, second_order: SecondOrder = "fused",

@@ -20,6 +20,7 @@ from torch.func import functional_call
 
 from ..modelio import ModelIO
 from ..sparsity import MaskSet
+from .second_order import math_attention
 
 
 class _Functional:
@@ -32,6 +33,7 @@ class _Functional:
         return functional_call(self.model, self.values, args, kwargs)
 
 
+@math_attention
 def prospr_scores(model: nn.Module, masks: MaskSet, x: Tensor, y: Tensor, loss_fn: Callable | None = None,
                   steps: int = 3, lr: float = 0.1, momentum: float = 0.0,
                   output_fn: Callable | None = None) -> dict[str, Tensor]:

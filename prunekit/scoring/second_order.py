@@ -16,18 +16,40 @@ and folds every eval-mode ``BatchNorm2d`` that directly follows a convolution in
 are still taken with respect to the model's own parameters). The model itself is never modified. The
 results equal PyTorch's own double backward up to float rounding (``tests/test_pai.py`` compares both
 in float64); the third derivative is not supported.
+
+:func:`math_attention` (a decorator) runs a function with ``scaled_dot_product_attention`` on its math
+kernel: the fused CPU/CUDA attention kernels (flash, memory-efficient, cuDNN) have no double backward,
+the math kernel is plain matmul/softmax and differentiates twice. It covers direct calls,
+``nn.MultiheadAttention`` and Hugging Face models with ``attn_implementation="sdpa"``, and only for the
+duration of the call (GraSP's Hessian-gradient product, ProsPr's meta-gradient).
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import functools
+from typing import Callable, Iterator, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 _conv_backward = torch.ops.aten.convolution_backward
+
+
+F_ = TypeVar("F_", bound=Callable)
+
+
+def math_attention(fn: F_) -> F_:
+    """``fn`` with ``scaled_dot_product_attention`` restricted to the math kernel while it runs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with sdpa_kernel(SDPBackend.MATH):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _conf_args(conf):
