@@ -104,8 +104,15 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
 
 
 def get_spec(name: str) -> DatasetSpec:
-    """The spec of ``name``; :class:`UnknownNameError` (a ConfigError) with suggestions otherwise."""
-    return DATASETS.get(name)
+    """The spec of ``name``: a registered dataset, a ``"package.module:factory"`` import path or an entry
+    point of group ``prunekit.datasets`` (see :func:`prunekit.data.user.user_spec`);
+    :class:`UnknownNameError` (a ConfigError) with suggestions otherwise."""
+    if name in DATASETS:
+        return DATASETS.get(name)
+    from .user import user_spec
+
+    spec = user_spec(name)
+    return spec if spec is not None else DATASETS.get(name)
 
 
 def resolve_root(spec: DatasetSpec, root: str | os.PathLike | None) -> Path | None:

@@ -25,15 +25,39 @@ def names() -> list[str]:
     return MODELS.names()
 
 
+def builder(name: str) -> Any:
+    """The builder of ``name``: a registered model, a ``"package.module:factory"`` import path, an
+    ``"hf:<ArchitectureClass>"`` Hugging Face architecture, or an entry point of group ``prunekit.models``."""
+    from ..plugins import entry_point, is_import_path, load_object
+
+    if name in MODELS:
+        return MODELS.get(name)
+    if name.startswith("hf:"):
+        from .huggingface import hf_builder
+
+        return hf_builder(name[3:])
+    if is_import_path(name):
+        return load_object(name, "model.name")
+    found = entry_point("prunekit.models", name)
+    return found if found is not None else MODELS.get(name)  # the registry's "did you mean" error
+
+
+def _meta(name: str) -> dict[str, Any]:
+    return MODELS.meta(name) if name in MODELS else {"family": "user", "source": name, "num_classes": None}
+
+
 def options(name: str) -> dict[str, Any]:
     """``{option: default}`` accepted by model ``name`` besides ``num_classes``."""
-    params = inspect.signature(MODELS.get(name)).parameters
+    params = inspect.signature(builder(name)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return {k: p.default for k, p in params.items() if k != "num_classes" and p.kind is not p.VAR_KEYWORD
+                } | {"**": None}
     return {k: p.default for k, p in params.items() if k != "num_classes"}
 
 
 def info(name: str) -> dict[str, Any]:
     """Metadata of model ``name``: source, paper, family, input_shape, num_classes, init, options."""
-    meta = dict(MODELS.meta(name))
+    meta = dict(_meta(name))
     meta["name"] = name
     meta["options"] = options(name)
     return meta
@@ -46,22 +70,31 @@ def create(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Modul
     raises :class:`~prunekit.errors.ConfigError` naming it and the allowed ones. An option given as
     ``None`` takes the model's default, so a config can pass ``in_channels: null`` to any model.
     """
-    builder = MODELS.get(name)
+    build = builder(name)
     allowed = options(name)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     for key in kwargs:
-        if key not in allowed:
+        if key not in allowed and "**" not in allowed:
             raise ConfigError(
                 f"model {name!r} has no option {key!r}{suggest(key, list(allowed))}; "
                 f"allowed: num_classes, {', '.join(allowed)}"
             )
     if num_classes is None:
-        num_classes = MODELS.meta(name)["num_classes"]
-    check_positive_int(f"{name}: num_classes", num_classes)
+        num_classes = _meta(name)["num_classes"]
     for key in _POSITIVE_INT_OPTIONS:
         if key in kwargs:
             check_positive_int(f"{name}: {key}", kwargs[key])
-    return builder(num_classes=num_classes, **kwargs)
+    takes_classes = "num_classes" in inspect.signature(build).parameters
+    if num_classes is None or not takes_classes:
+        if name in MODELS:
+            check_positive_int(f"{name}: num_classes", num_classes)
+        model = build(**kwargs)
+    else:
+        check_positive_int(f"{name}: num_classes", num_classes)
+        model = build(num_classes=num_classes, **kwargs)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model {name!r} built a {type(model).__name__}; allowed: a factory returning an nn.Module")
+    return model
 
 
 def check_positive_int(field: str, value: Any) -> int:
