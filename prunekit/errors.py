@@ -36,6 +36,10 @@ class CheckpointError(PrunekitError):
     """A checkpoint or mask file cannot be loaded safely."""
 
 
+class PackError(ConfigError):
+    """Runs that cannot train packed (``--pack``): the method, setting or combination, and why."""
+
+
 class NumericError(PrunekitError):
     """Training produced NaN/Inf values."""
 

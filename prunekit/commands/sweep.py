@@ -8,6 +8,9 @@ def register(subparsers) -> None:
     p.add_argument("sweep", help="sweep file (a recipe with a grid, optional base: and workers:) or recipe name")
     p.add_argument("overrides", nargs="*", help="key=value settings for every run; grid.KEY=[...] edits the grid")
     p.add_argument("--workers", "-j", type=int, default=None, help="worker processes (default: the file's workers, else 1)")
+    p.add_argument("--pack", type=int, default=None, metavar="K",
+                   help="train up to K runs at a time as one pack in this process (same results and files as "
+                        "unpacked; methods that cannot pack say why and run unpacked)")
     p.add_argument("--dry-run", "-n", action="store_true", help="list the runs and their estimated cost, run nothing")
     p.add_argument("--force", action="store_true", help="rerun finished runs")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the final one-line summary")
@@ -100,9 +103,10 @@ def cmd_sweep(args) -> int:
         console.print(f"[{finished}/{total}]{worker} {_run_line(cfg)}: {outcome} ({event.seconds:.1f} s)", markup=False)
 
     if not args.quiet:
-        console.print(f"sweep {sweep.name}: {total} runs, {workers} worker{'s' * (workers != 1)}", markup=False)
+        packing = f", packs of up to {args.pack}" if args.pack else ""
+        console.print(f"sweep {sweep.name}: {total} runs, {workers} worker{'s' * (workers != 1)}{packing}", markup=False)
     events = run_sweep(sweep.configs, workers=workers, force=args.force, on_event=on_event, reporter=Reporter(),
-                       on_message=lambda m: console.print(m, markup=False))
+                       on_message=lambda m: console.print(m, markup=False), pack=args.pack)
     rows = [e.row for e in events if e.row is not None]
     if not args.quiet:
         for table in to_rich(aggregate(rows)):

@@ -38,6 +38,7 @@ from ..report.measure import count_flops, count_params
 from ..train import Trainer, TrainConfig, evaluate
 from ..train.checkpoint import load_module_state, load_weights
 from ..utils.io import atomic_path, atomic_write_text
+from .packing import fit_trainer
 from .config import (ExperimentConfig, check_model_fits, check_targets, create_model, identity, model_kwargs, pretrain_hash, pretrain_identity,
                      run_hash)
 from .progress import Reporter
@@ -160,7 +161,7 @@ def _fit(built: Built, train_cfg: TrainConfig, pruner, phase: str, directory: Pa
         _start_at(trainer, start_step)
     rep.phase_start(phase, trainer.total_steps)
     try:
-        summary = trainer.fit()
+        summary = fit_trainer(trainer)  # trainer.fit(), or its turn in a pack (`sweep --pack`)
     finally:
         if writer is not None:
             writer.close()

@@ -227,12 +227,18 @@ def threads_per_worker(workers: int) -> int:
 
 def run_sweep(configs: list[ExperimentConfig], workers: int = 1, force: bool = False,
               on_event: Callable[[Event], None] = lambda e: None, reporter=None,
-              on_message: Callable[[str], None] = lambda m: None) -> list[Event]:
+              on_message: Callable[[str], None] = lambda m: None, pack: int | None = None) -> list[Event]:
     """Run every config (finished ones are skipped unless ``force``); returns one event per run, in
-    config order. ``workers > 1`` runs cache groups in that many spawned processes."""
+    config order. ``workers > 1`` runs cache groups in that many spawned processes; ``pack=K`` trains
+    up to K runs at a time as packs in this process (:mod:`prunekit.experiments.packing`)."""
     from .progress import Reporter
 
     _workers(workers, "workers")
+    if pack is not None:
+        _workers(pack, "pack")
+        if workers > 1:
+            raise ConfigError(f"--pack={pack} with --workers={workers}: packs train in one process; allowed: one "
+                              f"of the two")
     events: dict[int, Event] = {}
 
     def done(event: Event) -> None:
@@ -247,7 +253,9 @@ def run_sweep(configs: list[ExperimentConfig], workers: int = 1, force: bool = F
             todo.append(i)
     groups = groups_of(configs, todo)
     workers = min(workers, len(groups))
-    if workers <= 1:
+    if pack is not None:
+        _run_packed(configs, groups, pack, force, done, reporter or Reporter(), on_message)
+    elif workers <= 1:
         for group in groups:
             with group_lock(group, on_message):
                 for i in group.indices:
@@ -255,6 +263,38 @@ def run_sweep(configs: list[ExperimentConfig], workers: int = 1, force: bool = F
     else:
         _run_parallel(configs, groups, workers, force, done, on_message)
     return [events[i] for i in sorted(events)]
+
+
+def _run_packed(configs, groups, pack, force, done, reporter, on_message) -> None:
+    """Cache groups in ``pack`` lanes whose training phases train as packs; runs that cannot pack are
+    named in one line each and run unpacked afterwards."""
+    from .packing import PackSession, pack_refusal
+
+    alone: list[tuple[Group, int]] = []
+    lanes_groups = []
+    for group in groups:
+        keep = []
+        for i in group.indices:
+            why = pack_refusal(configs[i])
+            if why is None:
+                keep.append(i)
+            else:
+                on_message(f"run {i + 1} does not pack ({why}); running it unpacked")
+                alone.append((group, i))
+        if keep:
+            lanes_groups.append(Group(group.key, group.root, keep))
+    queue_ = iter(lanes_groups)  # lanes take turns, so taking the next group needs no lock
+
+    def lane() -> None:
+        for group in queue_:
+            with group_lock(group, on_message):
+                for i in group.indices:
+                    done(_run_one(i, configs[i], force, reporter, 0))
+
+    PackSession(pack, on_message).run([lane] * min(pack, len(lanes_groups)))
+    for group, i in alone:
+        with group_lock(group, on_message):
+            done(_run_one(i, configs[i], force, reporter, 0))
 
 
 def _run_parallel(configs, groups, workers, force, done, on_message) -> None:

@@ -88,6 +88,7 @@ class Trainer:
         self.sync = TrainerSync.create(self)  # None unless distributed
         self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" and self.device.type == "cuda" else None
         self.step = 0
+        self._prepared = False
         self.history: list[dict[str, Any]] = []
         self.wall_time = 0.0
 
@@ -126,12 +127,19 @@ class Trainer:
             epoch, skip = epoch + 1, 0
 
     # --- the loop ------------------------------------------------------------------------------
-    def fit(self) -> dict[str, Any]:
-        """Train to the end of the phase (resuming from ``checkpoint_path`` if it exists)."""
+    def prepare(self) -> None:
+        """Resume from ``checkpoint_path`` if it exists (once; :meth:`fit` calls it)."""
+        if self._prepared:
+            return
+        self._prepared = True
         if self.checkpoint_path is not None:
             remove_stale_temps(self.checkpoint_path)  # left by a write that was killed before its rename
             if self.checkpoint_path.exists():
                 self._resume(load_checkpoint(self.checkpoint_path, map_location=self.device), str(self.checkpoint_path))
+
+    def fit(self) -> dict[str, Any]:
+        """Train to the end of the phase (resuming from ``checkpoint_path`` if it exists)."""
+        self.prepare()
         self.model.train()
         autocast = self._autocast()
         channels_last = self.channels_last
