@@ -195,7 +195,13 @@ class Pruner:
         self._user_step = int(state.get("user_step", 0))
 
     def report(self) -> str:
-        return self.masks.summary_table()
+        """The per-layer sparsity table, then every parameter kept dense with the reason and the setting
+        that would prune it (biases, norms, embeddings, excluded layers), and the tied names."""
+        from ..sparsity.targets import resolve_targets, targets_table
+
+        rows = resolve_targets(self.config.targets).explain(self.model)
+        return self.masks.summary_table() + "\n\nkept dense and tied:\n" + targets_table(
+            [r for r in rows if not r.pruned or r.tied])
 
     def target_sparsity(self) -> float:
         return check_sparsity(self.config.sparsity)

@@ -178,6 +178,30 @@ class Targets:
         return what, True
 
 
+def targets_table(rows: list[TargetRow], dense_only: bool = False) -> str:
+    """Plain text: each parameter, pruned or kept dense with the reason (and the setting that changes it),
+    tied names beside the tensor's mask name. ``dense_only`` lists only what is kept dense."""
+    shown = [r for r in rows if not (dense_only and r.pruned)]
+    width = max([len(r.name) for r in shown] + [10])
+    lines = [f"{'parameter':<{width}} {'shape':<18} {'':<6} why"]
+    for r in shown:
+        tied = f"; tied: {', '.join(r.tied)}" if r.tied else ""
+        lines.append(f"{r.name:<{width}} {str(r.shape):<18} {'prune' if r.pruned else 'dense':<6} {r.reason}{tied}")
+    pruned = [r for r in rows if r.pruned]
+    n_pruned = sum(_numel(r.shape) for r in pruned)
+    n_all = sum(_numel(r.shape) for r in rows)
+    lines.append(f"{len(pruned)} of {len(rows)} tensors are targets: {n_pruned:,} of {n_all:,} parameters "
+                 f"({n_pruned / max(n_all, 1):.1%}); sparsity counts the targets only, each tied tensor once")
+    return "\n".join(lines)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
 def _param_by_id(model: nn.Module, name: str) -> nn.Parameter:
     return model.get_parameter(name)
 
