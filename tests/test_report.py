@@ -51,20 +51,20 @@ def test_mean_std_over_seeds_and_paper_numbers(rows):
     assert (first.recipe, first.dataset, second.dataset) == ("r", "cifar10", "mnist")  # sorted by dataset
     e = {(x.method, x.sparsity): x for x in first.entries}
     assert [x.method for x in first.entries][0] == "dense"
-    bip = e[("bip", 0.9)]
+    bip = e[("BiP", 0.9)]
     assert bip.seeds == [0, 1, 2]  # the failed seed-3 run is not counted
     assert bip.mean == pytest.approx(91.333333, abs=1e-6)
     assert bip.std == pytest.approx(1.527525, abs=1e-6)  # sqrt(((−4/3)² + (−1/3)² + (5/3)²) / 2)
     assert bip.reference == 90.0 and bip.diff == pytest.approx(1.333333, abs=1e-6)
-    assert e[("bip", 0.5)].reference is None  # "n/a" is not a number
+    assert e[("BiP", 0.5)].reference is None  # "n/a" is not a number
     assert e[("dense", 0.0)].reference == 92.0 and e[("dense", 0.0)].std is None
-    assert e[("magnitude", 0.5)].reference == 91.5  # one-shot magnitude after training = the paper's OMP
-    assert e[("magnitude (when=init)", 0.5)].reference is None
-    assert ("imp", 0.2) not in e  # IMP's intermediate level rows are not results
+    assert e[("OMP", 0.5)].reference == 91.5  # one-shot magnitude after training = the paper's OMP
+    assert e[("magnitude @init", 0.5)].reference is None
+    assert e[("IMP", 0.2)].level and e[("IMP", 0.2)].values == [50.0]  # an IMP level is a point of its own
     assert "source: Fig. 3, read by eye" in first.notes and "best_winning_ticket: 92.4" in first.notes
     assert not second.has_reference and second.entries[0].mean == 99.0
     best = {(x.method, x.sparsity): x for x in aggregate(rows, "best_acc")[0].entries}
-    assert best[("bip", 0.9)].mean == pytest.approx(91.833333, abs=1e-6)
+    assert best[("BiP", 0.9)].mean == pytest.approx(91.833333, abs=1e-6)
 
 
 def test_paper_numbers_of_a_shipped_recipe():
@@ -82,14 +82,15 @@ def test_markdown_csv_latex(rows):
     sections = aggregate(rows)
     md = to_markdown(sections)
     assert "### r: resnet20s on cifar10" in md
-    assert "| bip | 0.9 | 3 | 91.33 ± 1.53 | 90.00 | +1.33 | 11.0 |" in md
-    assert "| dense | 0 | 1 | 99.00 | 0.0 |" in md.replace("10.0 |", "0.0 |")  # no paper columns without numbers
+    assert "| BiP | 0.9 | 0.9000 | 3 | 91.33 ± 1.53 | 90.00 | +1.33 | 11.0 |" in md
+    assert "| dense | 0 | 0.0000 | 1 | 99.00 | 0.0 |" in md.replace("10.0 |", "0.0 |")  # no paper columns without numbers
+    assert "| OMP | 0.5 | 0.5000 | 2 of 3 | 90.50 ± 0.71 |" in md  # fewer seeds than the section's other groups
     table = list(csv.DictReader(io.StringIO(to_csv(sections))))
-    bip = next(r for r in table if r["method"] == "bip" and r["sparsity"] == "0.9")
+    bip = next(r for r in table if r["method"] == "BiP" and r["sparsity"] == "0.9")
     assert (bip["seeds"], bip["n"], bip["mean"], bip["std"], bip["paper"], bip["diff"]) == \
         ("0 1 2", "3", "91.3333", "1.5275", "90.0", "1.3333")
     tex = to_latex(sections)
-    assert r"magnitude (when=init) & 0.5 & 1 & 80.00 & -- & -- & 10.0 \\" in tex
+    assert r"magnitude @init & 0.5 & 0.5000 & 1 of 3 & 80.00 & -- & -- & 10.0 \\" in tex
     assert r"91.33 $\pm$ 1.53" in tex and r"\caption{r: resnet20s on cifar10}" in tex
     assert tex.count(r"\begin{tabular}") == 2 and r"lenet300\_100" in tex
 
@@ -100,15 +101,15 @@ def test_accuracy_plot_draws_methods_error_bars_and_paper_points(rows):
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.xaxis_inverted()
     labels = fig.legends[0].texts
-    assert [t.get_text() for t in labels] == ["bip", "bip (paper)", "magnitude", "magnitude (paper)",
-                                              "magnitude (when=init)", "dense (1 seed)", "dense (paper)"]
-    bip = next(c for c in ax.containers if c.get_label() == "bip")  # an errorbar container
+    assert [t.get_text() for t in labels] == ["BiP", "BiP (paper)", "IMP", "OMP", "OMP (paper)",
+                                              "magnitude @init", "dense (1 seed)", "dense (paper)"]
+    bip = next(c for c in ax.containers if c.get_label() == "BiP")  # an errorbar container
     assert list(bip.lines[0].get_xdata()) == pytest.approx([50.0, 10.0])  # weights remaining, %
     assert list(bip.lines[0].get_ydata()) == pytest.approx([92.0, 91.333333])
     (bars,) = bip.lines[2]  # the vertical error bars: mean ± sample std (none for one seed)
     ends = [y for seg in bars.get_segments() for y in seg[:, 1]]
     assert ends == pytest.approx([92.0, 92.0, 91.333333 - 1.527525, 91.333333 + 1.527525])
-    paper = next(line for line in ax.lines if line.get_label() == "bip (paper)")
+    paper = next(line for line in ax.lines if line.get_label() == "BiP (paper)")
     assert list(paper.get_ydata()) == [90.0]
 
 
@@ -158,13 +159,15 @@ def test_html_report_is_self_contained(rows, tmp_path):
     assert f'content="{CSP}"' in page
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing to fetch
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    # section r: accuracy plot + masks at the headline sparsity (0.5: three methods, 0.9: one); section other:
-    # accuracy plot; no training curves (no metrics files)
-    assert len(images) == 3
+    # section r: one figure per family (BiP vs IMP/OMP, magnitude @init before training), the accuracy plot,
+    # masks at the headline sparsity (0.5: three methods, 0.9: one); section other: accuracy plot; no training
+    # curves (no metrics files)
+    assert len(images) == 5
     pngs = sorted(p for p in files.figures if p.suffix == ".png")
     assert sorted(base64.b64decode(i) for i in images) == sorted(p.read_bytes() for p in pngs)
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
     assert all("<svg" in p.with_suffix(".svg").read_text() for p in pngs)
+    assert all(p.with_suffix(".pdf").read_bytes().startswith(b"%PDF") for p in pngs)
     assert page.count('<section class="report-section"') == 2 and page.count("<table>") == 2
     assert '<option value="mnist">mnist</option>' in page and 'data-model="lenet300_100"' in page
     assert "91.33 ± 1.53" in page and "+1.33" in page
@@ -186,7 +189,8 @@ def test_cli_report(tmp_path, capsys):
     assert "97.50 ± 0.71" in out
     report = tmp_path / "runs" / "report"
     assert f"html   {report / 'report.html'}" in out
-    assert sorted(p.name for p in report.iterdir()) == ["q-mlp-sklearn_digits-accuracy.png",
+    assert sorted(p.name for p in report.iterdir()) == ["q-mlp-sklearn_digits-accuracy.pdf",
+                                                        "q-mlp-sklearn_digits-accuracy.png",
                                                         "q-mlp-sklearn_digits-accuracy.svg", "report.html",
                                                         "results.csv"]
     assert main(["report", "--store", str(store.path), "--dataset", "mnist"]) == 0
@@ -199,4 +203,4 @@ def test_cli_report_of_one_run(tmp_path, capsys):
     capsys.readouterr()
     (run / "config.yaml").write_text("name: x\n")
     assert main(["report", "--run", str(run), "--out", str(tmp_path / "o")]) == 0
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["layers.png", "layers.svg"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["layers.pdf", "layers.png", "layers.svg"]

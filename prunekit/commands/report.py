@@ -13,8 +13,11 @@ def register(subparsers) -> None:
     p.add_argument("--recipe", action="append", default=None, help="only this recipe (repeatable)")
     p.add_argument("--dataset", action="append", default=None, help="only this dataset (repeatable)")
     p.add_argument("--model", action="append", default=None, help="only this model (repeatable)")
-    p.add_argument("--metric", choices=["final_acc", "best_acc"], default="final_acc",
-                   help="accuracy to aggregate; papers that report the best epoch compare with best_acc")
+    p.add_argument("--metric", choices=["paper", "final_acc", "best_acc"], default="paper",
+                   help="accuracy to aggregate (default 'paper': the one the recipe's paper reports, "
+                        "reference.paper_metric, else final_acc; best_acc counts only epochs at the final sparsity)")
+    p.add_argument("--style", choices=["screen", "paper"], default="screen",
+                   help="figure geometry: 'paper' writes single-column (3.4 in) figures, 8 pt type")
     p.add_argument("--formats", default="md,csv,tex", help="table files to write (comma list of md, csv, tex)")
     p.add_argument("--no-html", action="store_true", help="skip report.html")
     p.add_argument("--no-plots", action="store_true", help="skip the plots (and the HTML's images)")
@@ -52,11 +55,12 @@ def _report_run(args) -> int:
         raise ConfigError(f"--run {run_dir}: not a run directory (no config.yaml); allowed: runs/<recipe>/<method>-<hash>")
     out = Path(args.out) if args.out else run_dir / "report"
     written = []
-    for name, fig in (("layers", plots.layer_sparsity({run_dir.name: run_dir})),
-                      ("curves", plots.training_curves({run_dir.name: run_dir}))):
-        if fig is not None:
-            plots.save(fig, out / name)
-            written += [out / f"{name}.{fmt}" for fmt in plots.FORMATS]
+    with plots.style(args.style):
+        for name, fig in (("layers", plots.layer_sparsity({run_dir.name: run_dir})),
+                          ("curves", plots.training_curves({run_dir.name: run_dir}))):
+            if fig is not None:
+                plots.save(fig, out / name)
+                written += [out / f"{name}.{fmt}" for fmt in plots.FORMATS]
     print("\n".join(f"wrote {p}" for p in written) if written else f"nothing to plot in {run_dir}")
     return 0
 
@@ -77,22 +81,23 @@ def cmd_report(args) -> int:
     if not store.path.is_file():
         raise ConfigError(f"--store {store.path}: no such results store; allowed: the results.sqlite a "
                           "`prunekit run` or `prunekit sweep` wrote")
-    rows = _select(store.rows("status = 'finished'"), args)
+    rows = _select(store.rows("status IN ('finished', 'level')"), args)  # IMP's levels are points too
     if not rows:
         print(f"no finished runs in {store.path} match")
         return 0
     out = Path(args.out) if args.out else store.path.parent / "report"
     files = write_report(rows, out, metric=args.metric, formats=formats, html=not args.no_html,
-                         figures=not args.no_plots, subtitle=f"{len(rows)} finished runs from {store.path}")
+                         figures=not args.no_plots, subtitle=f"{len(rows)} stored runs from {store.path}",
+                         style=args.style)
     console = _console()
-    for table in to_rich(files.sections, args.metric):
+    for table in to_rich(files.sections):
         console.print(table)
     print(f"report of {len(rows)} runs in {len(files.sections)} section(s) written to {out}/:")
     for path in files.tables:
         print(f"  table  {path}")
     pngs = [p for p in files.figures if p.suffix == ".png"]
     if pngs:
-        print(f"  plots  {len(files.figures)} files (PNG + SVG), e.g. {pngs[0]}")
+        print(f"  plots  {len(files.figures)} files (PNG + SVG + PDF), e.g. {pngs[0]}")
     if files.html is not None:
         print(f"  html   {files.html}  (open it in a browser: file://{files.html.resolve()})")
     return 0

@@ -117,7 +117,9 @@ def render(page: ReportPage) -> str:
         parts.append(f'<section class="report-section" id="{_e(s.slug)}" data-dataset="{_e(s.dataset)}" '
                      f'data-model="{_e(s.model)}" data-recipe="{_e(s.recipe)}">')
         parts.append(f"<h2>{_e(s.title)}</h2>")
-        parts.append(f'<p class="meta">{_e(page.metric.replace("_", " "))}, mean ± std over seeds (sample std)</p>')
+        parts.append(f'<p class="meta">{_e(s.metric.replace("_", " "))}, mean ± std over seeds (sample std); '
+                     "sparsity: measured from the masks; a group of runs differs from the others in more than its "
+                     "seed</p>")
         parts.append(_table(s, page.metric))
         if s.notes:
             parts.append('<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in s.notes) + "</ul>")

@@ -1,8 +1,9 @@
 """Result tables: mean ± std over seeds by method and sparsity, with the paper's numbers side by side.
 
-Rows come from the results store (finished runs only). A *section* is one recipe × model × dataset; an
-*entry* is one method setting (``method_label``: the method and its non-default settings) at one target
-sparsity, aggregated over seeds (sample standard deviation, n - 1; none for a single seed).
+Rows come from the results store (finished runs, and IMP's intermediate levels as points of their own).
+A *section* is one recipe × model × dataset; an *entry* is one group of runs that differ only in their
+seed (:mod:`prunekit.report.groups`: every resolved setting counts), aggregated over seeds (sample
+standard deviation, n - 1; none for a single seed); a (group, seed) stored twice counts once.
 
 Paper numbers come from the recipe's ``reference`` mapping (kept in each run's ``config.yaml``, else read
 from the recipe file), in the recipes' format:
@@ -11,8 +12,10 @@ from the recipe file), in the recipes' format:
 * ``<key>: {"<sparsity>": accuracy, ...}`` — one method across sparsities (keys are compared as numbers);
 * ``<key>: accuracy`` — one method, whatever its sparsity (single-setting recipes);
 
-where ``<key>`` is the method's label (``"magnitude (when=after)"``), its name (``bip``), or ``omp`` for
-one-shot magnitude pruning after training. Other scalar entries (``source``, ``metric``, ``*note``,
+where ``<key>`` is the method's label (``GraNet s_i=0.5``, case-insensitive; the older
+``granet (initial_sparsity=0.5)`` form too), its name (``bip``), or ``omp`` for one-shot magnitude pruning
+after training. ``paper_metric: best_acc|final_acc`` names the accuracy the paper reports (the report's
+default ``--metric paper`` uses it). Other scalar entries (``source``, ``metric``, ``*note``,
 ``best_winning_ticket``) are shown as notes under the table.
 """
 from __future__ import annotations
@@ -28,23 +31,35 @@ from typing import Any
 
 import yaml
 
+from . import groups
+
 METRICS = ("final_acc", "best_acc")
+PAPER = "paper"  # the metric the recipe's paper reports (``reference.paper_metric``), else final_acc
 _TOL = 5e-5  # sparsities are compared to this many decimals (recipes write 0.7903, 0.9885, ...)
 
 
 @dataclass
 class Entry:
-    """One method setting at one sparsity, over seeds."""
+    """One group (every setting but the seed) over its seeds; IMP's intermediate levels are entries too."""
 
     method: str  # label
     method_name: str
-    sparsity: float
+    sparsity: float  # the target (a structured run's: the fraction of channels)
     values: list[float]
     seeds: list[int]
     run_dirs: list[str]
-    achieved: float
+    achieved: float  # measured weight sparsity of the masks, mean over seeds
     seconds: float
     reference: float | None = None
+    series: str = ""
+    level: bool = False  # an intermediate IMP level (its own stored row)
+    structured: bool = False
+    flops_reduction: float | None = None  # dense / sparse inference FLOPs, mean over seeds
+    cost: float | None = None  # training FLOPs relative to dense training, mean over seeds
+    steps: float | None = None  # optimizer steps of the whole run, mean over seeds
+    expected_seeds: int = 0  # the most seeds any group of its section has
+    family: str | None = None  # the paper it is compared in (groups.FAMILIES)
+    name: str = ""  # the method as its paper names it (one colour per name in every figure)
 
     @property
     def n(self) -> int:
@@ -62,6 +77,10 @@ class Entry:
     def diff(self) -> float | None:
         return None if self.reference is None else self.mean - self.reference
 
+    @property
+    def short_of_seeds(self) -> bool:
+        return self.n < self.expected_seeds
+
 
 @dataclass
 class Section:
@@ -72,6 +91,7 @@ class Section:
     dataset: str
     entries: list[Entry] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    metric: str = "final_acc"
 
     @property
     def title(self) -> str:
@@ -85,11 +105,16 @@ class Section:
     def has_reference(self) -> bool:
         return any(e.reference is not None for e in self.entries)
 
+    @property
+    def has_cost(self) -> bool:
+        return any(e.cost is not None for e in self.entries)
 
-def _label(row: dict[str, Any]) -> str:
-    from ..cli import method_label
 
-    return method_label(row)
+def _old_label(row: dict[str, Any]) -> str:
+    """The label older reports (and recipes' reference keys) used: ``granet (initial_sparsity=0.5)``."""
+    method = _settings(row)
+    extra = [f"{k}={v}" for k, v in method.items() if k not in ("name", "sparsity")]
+    return f"{row['method']} ({', '.join(extra)})" if extra else str(row["method"])
 
 
 def _settings(row: dict[str, Any]) -> dict[str, Any]:
@@ -135,8 +160,9 @@ def reference_value(reference: dict[str, Any], method: str, settings: dict[str, 
     keys = [label, method]
     if method == "magnitude" and settings.get("when", "after") == "after":
         keys.append("omp")
+    folded = {str(k).lower(): v for k, v in reference.items()}
     for key in keys:
-        value = reference.get(key)
+        value = reference.get(key, folded.get(str(key).lower()))
         if isinstance(value, dict):
             for k, v in value.items():
                 s = _number(k)
@@ -154,34 +180,85 @@ def reference_notes(reference: dict[str, Any]) -> list[str]:
             if k != "dense" and not isinstance(v, (dict, list))]
 
 
+def section_metric(metric: str, reference: dict[str, Any]) -> str:
+    """``metric``, or for ``"paper"`` the one the recipe's paper reports (``reference.paper_metric``)."""
+    if metric == PAPER:
+        named = reference.get("paper_metric")
+        return named if named in METRICS else "final_acc"
+    return metric
+
+
+def _point(row: dict[str, Any]) -> float:
+    """Where a row sits in its series: its target sparsity; an IMP level's: the level's measured one."""
+    key = "achieved_sparsity" if row.get("status") == "level" else "target_sparsity"
+    return round(float(row.get(key) or 0.0), 6)
+
+
+def _latest_per_seed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (group, point, seed): a run stored twice (two recipe names, a rerun) counts once."""
+    latest: dict[tuple[str, float, int], dict[str, Any]] = {}
+    for row in sorted(rows, key=lambda r: r.get("finished_at") or 0.0):
+        latest[(groups.series_key(row), _point(row), int(row["seed"]))] = row
+    return list(latest.values())
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def _entry(rows: list[dict[str, Any]], label: str, metric: str, reference: dict[str, Any]) -> Entry:
+    first = rows[0]
+    flat = groups.settings(first)
+    level = first.get("status") == "level"
+    sparsity = _point(first)
+    ref = None if level else reference_value(reference, first["method"], _settings(first), label, sparsity)
+    if ref is None and not level:
+        ref = reference_value(reference, first["method"], _settings(first), _old_label(first), sparsity)
+    reduction = [r["flops"] / r["sparse_flops"] for r in rows if r.get("flops") and r.get("sparse_flops")]
+    return Entry(
+        method=label, method_name=first["method"], sparsity=sparsity,
+        values=[float(r[metric]) for r in rows], seeds=[int(r["seed"]) for r in rows],
+        run_dirs=[r.get("run_dir") or "" for r in rows],
+        achieved=statistics.fmean(float(r.get("achieved_sparsity") or 0.0) for r in rows),
+        seconds=statistics.fmean(float(r.get("wall_time") or 0.0) for r in rows), reference=ref,
+        series=groups.series_key(first), level=level, structured=groups.is_structured(flat),
+        flops_reduction=_mean(reduction), cost=_mean([r.get("train_flops_ratio") for r in rows]),
+        steps=_mean([r.get("train_steps") for r in rows]), family=groups.family(first["method"], flat),
+        name=groups.display_name(flat))
+
+
 def aggregate(rows: list[dict[str, Any]], metric: str = "final_acc") -> list[Section]:
-    """Finished rows → sections of entries (mean ± std over seeds), with paper numbers where known."""
-    if metric not in METRICS:
+    """Finished rows (and IMP's level rows) → sections → groups of runs that differ only in their seed
+    (mean ± std over seeds), labelled by what differs, with paper numbers where known."""
+    if metric not in (*METRICS, PAPER):
         from ..errors import ConfigError
 
-        raise ConfigError(f"metric={metric!r} not allowed; allowed: {', '.join(METRICS)}")
+        raise ConfigError(f"metric={metric!r} not allowed; allowed: {', '.join((*METRICS, PAPER))}")
     by_section: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        if row.get("status") == "finished" and row.get(metric) is not None:
+        status = row.get("status")
+        level = status == "level" and (row.get("achieved_sparsity") or 0.0) > 0.0  # level 0 is the dense run
+        if status == "finished" or level:
             by_section.setdefault((row["recipe"], row["model"], row["dataset"]), []).append(row)
     sections = []
     for (recipe, model, dataset), srows in sorted(by_section.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
         reference = recipe_reference(srows)
-        section = Section(recipe, model, dataset, notes=reference_notes(reference))
-        entries: dict[tuple[str, float], Entry] = {}
-        for row in sorted(srows, key=lambda r: (r["seed"], r.get("finished_at") or 0)):
-            label, sparsity = _label(row), round(float(row["target_sparsity"] or 0.0), 6)
-            entry = entries.get((label, sparsity))
-            if entry is None:
-                ref = reference_value(reference, row["method"], _settings(row), label, sparsity)
-                entry = entries[(label, sparsity)] = Entry(label, row["method"], sparsity, [], [], [], 0.0, 0.0, ref)
-            entry.values.append(float(row[metric]))
-            entry.seeds.append(int(row["seed"]))
-            entry.run_dirs.append(row.get("run_dir") or "")
-            k = entry.n  # running means of the achieved sparsity and the wall time
-            entry.achieved += ((row.get("achieved_sparsity") or 0.0) - entry.achieved) / k
-            entry.seconds += ((row.get("wall_time") or 0.0) - entry.seconds) / k
-        section.entries = sorted(entries.values(), key=lambda e: (e.method_name != "dense", e.method, e.sparsity))
+        used = section_metric(metric, reference)
+        srows = [r for r in _latest_per_seed(srows) if r.get(used) is not None]
+        if not srows:
+            continue
+        section = Section(recipe, model, dataset, notes=reference_notes(reference), metric=used)
+        series = {groups.series_key(r): groups.settings(r) for r in srows}
+        names = groups.labels(series)
+        grouped: dict[tuple[str, float], list[dict[str, Any]]] = {}
+        for row in sorted(srows, key=lambda r: (int(r["seed"]), r.get("finished_at") or 0.0)):
+            grouped.setdefault((groups.series_key(row), _point(row)), []).append(row)
+        entries = [_entry(g, names[key], used, reference) for (key, _), g in grouped.items()]
+        expected = max((e.n for e in entries if not e.level), default=0)
+        for e in entries:
+            e.expected_seeds = expected
+        section.entries = sorted(entries, key=lambda e: (e.method_name != "dense", e.method, e.sparsity))
         sections.append(section)
     return sections
 
@@ -198,18 +275,34 @@ def _mean_std(e: Entry) -> str:
     return f"{e.mean:.2f}" if e.std is None else f"{e.mean:.2f} ± {e.std:.2f}"
 
 
-def columns(section: Section, metric: str) -> list[str]:
-    cols = ["method", "sparsity", "seeds", f"{metric.replace('_', ' ')} (mean ± std)"]
+def columns(section: Section, metric: str | None = None) -> list[str]:
+    cols = ["method", "target", "sparsity", "seeds", f"{section.metric.replace('_', ' ')} (mean ± std)"]
     if section.has_reference:
         cols += ["paper", "Δ vs paper"]
+    if section.has_cost:
+        cols += ["train FLOPs"]
     return cols + ["time (s)"]
 
 
+def _target(entry: Entry) -> str:
+    if entry.level:
+        return "level"
+    return f"{entry.sparsity:g} ch" if entry.structured else f"{entry.sparsity:g}"
+
+
+def _seeds(entry: Entry) -> str:
+    return f"{entry.n} of {entry.expected_seeds}" if entry.short_of_seeds and not entry.level else str(entry.n)
+
+
 def cells(section: Section, entry: Entry) -> list[str]:
-    """One entry's formatted cells, in :func:`columns` order."""
-    out = [entry.method, f"{entry.sparsity:g}", str(entry.n), _mean_std(entry)]
+    """One entry's formatted cells, in :func:`columns` order: the target (``ch``: a fraction of channels;
+    ``level``: an intermediate IMP level), the measured weight sparsity of the masks, the seeds (``2 of 3``:
+    fewer than the section's other groups), accuracy, paper and difference, training FLOPs × dense."""
+    out = [entry.method, _target(entry), f"{entry.achieved:.4f}", _seeds(entry), _mean_std(entry)]
     if section.has_reference:
         out += [_fmt(entry.reference), _fmt(entry.diff, signed=True)]
+    if section.has_cost:
+        out += ["—" if entry.cost is None else f"{entry.cost:.3g}×"]
     return out + [f"{entry.seconds:.1f}"]
 
 
@@ -226,7 +319,12 @@ def to_markdown(sections: list[Section], metric: str = "final_acc") -> str:
 
 
 CSV_FIELDS = ["recipe", "model", "dataset", "method", "sparsity", "achieved_sparsity", "seeds", "n", "metric",
-              "mean", "std", "paper", "diff", "time_s"]
+              "mean", "std", "paper", "diff", "time_s", "level", "structured", "flops_reduction",
+              "train_flops_ratio", "train_steps"]
+
+
+def _round(v: float | None, digits: int = 4) -> float | str:
+    return "" if v is None else round(v, digits)
 
 
 def to_csv(sections: list[Section], metric: str = "final_acc") -> str:
@@ -236,9 +334,10 @@ def to_csv(sections: list[Section], metric: str = "final_acc") -> str:
     for s in sections:
         for e in s.entries:
             writer.writerow([s.recipe, s.model, s.dataset, e.method, e.sparsity, round(e.achieved, 6),
-                             " ".join(map(str, e.seeds)), e.n, metric, round(e.mean, 4),
+                             " ".join(map(str, e.seeds)), e.n, s.metric, round(e.mean, 4),
                              "" if e.std is None else round(e.std, 4), "" if e.reference is None else e.reference,
-                             "" if e.diff is None else round(e.diff, 4), round(e.seconds, 3)])
+                             "" if e.diff is None else round(e.diff, 4), round(e.seconds, 3), int(e.level),
+                             int(e.structured), _round(e.flops_reduction), _round(e.cost), _round(e.steps)])
     return buf.getvalue()
 
 
