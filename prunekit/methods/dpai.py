@@ -18,6 +18,15 @@ LR scheduler is never stepped). After the last step the mask is the top-k of ``|
 The whole model is handled as one flat score vector, so a step is a forward/backward of the path-count
 network, one top-k per layer and a dozen whole-model tensor operations; nothing synchronises with the
 host except the periodic no-effective-node check.
+
+**Attention** (methods.md §1b): the reference prunes every ``nn.Conv2d``/``nn.Linear`` of torchvision's
+ViT; the attention's q/k/v live in ``nn.MultiheadAttention``'s packed ``in_proj_weight``, a raw Parameter,
+so the reference neither prunes nor path-counts them (and ``out_proj``, whose forward torch never calls,
+keeps its random initial top-``|s|`` mask). prunekit's ViTs write q/k/v as Linear layers, so
+``attention="reference"`` (default) keeps them dense the same way: they leave the mask set, the ERK budget
+is spread over the other layers, and ``report()`` lists them with the reason. ``attention="paths"``
+keeps only the query and key projections dense (their output only weights the softmax: no path, no
+gradient, ever) and searches the value projections. See ``docs/pai.md``.
 """
 from __future__ import annotations
 
@@ -34,6 +43,7 @@ from ..scoring.paths import FlatLayout, PathCounter
 from ..scoring.topk import SegmentTopK
 from ..sparsity import allocate, num_zeros
 from .base import InitPruner, MethodConfig, PruneContext
+from .data_free import KeepsLayersDense, attention_kept_dense
 from .registry import METHODS
 
 
@@ -53,6 +63,8 @@ class DPaIConfig(MethodConfig):
     optimize: bool = True
     seed: int | None = None  # score initialisation; None: drawn from the global RNG
     input_shape: tuple[int, ...] | None = None  # None: one sample of ctx.batches
+    #: "reference": attention q/k/v projections kept dense (the reference's in_proj_weight); "paths": q/k only
+    attention: Literal["reference", "paths"] = "reference"
     check_every: int = 100  # steps between host-side checks for "no effective node left"
     cpu_threads: int | None = None  # None: one per million weights (batch-1 work is too small to share)
 
@@ -128,6 +140,7 @@ def _search(model, names, zeros, input_shape, scores, alpha, beta, lr, steps, ch
     fewest_nodes = None
     hard = torch.empty(layout.total, device=scores.device, requires_grad=True)
     with PathCounter(model, names, input_shape) as counter:
+        counter.check_dense("dpai")
         for step in range(steps + 1):
             keep = select(s)
             with torch.no_grad():
@@ -155,7 +168,7 @@ def _search(model, names, zeros, input_shape, scores, alpha, beta, lr, steps, ch
 
 
 @METHODS.register("dpai", family="pai", when="init")
-class DPaI(InitPruner):
+class DPaI(KeepsLayersDense, InitPruner):
     """DPaI mask search at initialization (no data, no weights); see the module docstring."""
 
     Config = DPaIConfig
@@ -175,9 +188,10 @@ class DPaI(InitPruner):
         cfg = self.config
         ctx = ctx or PruneContext()
         gen = self.generator()
+        shape = input_shape_from(cfg.input_shape, ctx.batches, self.name)
+        self.keep_dense(attention_kept_dense(self.model, shape, values=cfg.attention == "reference"))
         device = self.masks.params[0].device
         scores = initial_scores([m.numel() for m in self.masks.values()], gen, device)
-        shape = input_shape_from(cfg.input_shape, ctx.batches, self.name)
         steps = cfg.steps if cfg.optimize else 0
         result = dpai_search(self.model, self.masks.names(), self.layer_zeros(), shape, scores, cfg.alpha,
                              cfg.beta, cfg.lr, steps, cfg.check_every, cfg.cpu_threads)

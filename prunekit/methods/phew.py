@@ -6,6 +6,11 @@ proportional to ``|w|``) that alternate input->output and output->input, until t
 met (the per-layer densities are an outcome of the walks, as in the reference). The walks are described
 in :mod:`prunekit.scoring.phew`. The model's initial weights are read, never changed (except for the
 masking itself); the input shape is only used to find the order in which the layers are called.
+
+Attention (the reference has no transformer): the walks follow the value path. Query and key projections
+only weight the softmax, so no walk steps through them; they are kept dense, out of the mask set, and
+listed by ``report()`` (:class:`~prunekit.methods.data_free.KeepsLayersDense`), as DPaI's reference keeps
+them. ``nn.MultiheadAttention`` (whose ``out_proj`` forward torch never calls) is refused by the trace.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from ..scoring.data import input_shape_from
 from ..scoring.phew import PhewWalker, phew_keep, trace_layers
 from ..sparsity import num_keep
 from .base import PruneContext
-from .data_free import DataFreeConfig, DataFreePruner
+from .data_free import QUERY_KEY, DataFreeConfig, DataFreePruner, KeepsLayersDense, attention_kept_dense
 from .registry import METHODS
 
 
@@ -31,7 +36,7 @@ class PHEWConfig(DataFreeConfig):
 
 
 @METHODS.register("phew", family="pai", when="init")
-class PHEW(DataFreePruner):
+class PHEW(KeepsLayersDense, DataFreePruner):
     """PHEW masks at initialization (no data); exact global budget ``int(s * N)`` weights removed."""
 
     Config = PHEWConfig
@@ -40,12 +45,15 @@ class PHEW(DataFreePruner):
 
     def prune(self, ctx: PruneContext | None = None):
         ctx = ctx or PruneContext()
+        shape = input_shape_from(self.config.input_shape, ctx.batches, self.name)
+        attention = attention_kept_dense(self.model, shape)
+        self.keep_dense(attention)
         total = self.masks.numel()
         keep = num_keep(total, self.target_sparsity())
         if keep == total:
             kept = torch.ones(total, dtype=torch.bool)
         else:
-            walker = self.walker(input_shape_from(self.config.input_shape, ctx.batches, self.name))
+            walker = self.walker(shape, skip=[n for n, why in attention.items() if why == QUERY_KEY])
             kept = phew_keep(walker, total, keep, self.generator())
         numels = [m.numel() for m in self.masks.values()]
         self.masks.update_({n: k.view(m.shape).to(m.device)
@@ -53,9 +61,10 @@ class PHEW(DataFreePruner):
         self.enforce()
         return self.masks
 
-    def walker(self, input_shape) -> PhewWalker:
-        """The walks over this model's layers (every Conv/Linear is walked; only masked ones are recorded)."""
-        chain = trace_layers(self.model, input_shape)
+    def walker(self, input_shape, skip=()) -> PhewWalker:
+        """The walks over this model's layers (every Conv/Linear but ``skip`` is walked; only masked ones are
+        recorded)."""
+        chain = trace_layers(self.model, input_shape, skip)
         offsets, at = {}, 0
         for n, m in self.masks.items():
             offsets[n] = at

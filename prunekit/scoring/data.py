@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -61,11 +61,14 @@ def num_classes_of(model: nn.Module, x: Tensor) -> int:
 
 
 def input_shape_from(input_shape: Sequence[int] | None, batches: Iterable[Batch] | None, what: str) -> tuple[int, ...]:
-    """``input_shape`` if given, else the shape of one sample of the first batch."""
+    """``input_shape`` if given, else the shape of one sample of the first batch (of its ``input_ids`` for a
+    mapping batch: the data-free path counts feed the model one tensor)."""
     if input_shape is not None:
         return tuple(int(s) for s in input_shape)
     if batches is not None:
         for x, _ in batches:
+            if isinstance(x, Mapping):
+                x = x["input_ids"] if "input_ids" in x else next(iter(x.values()))
             return tuple(x.shape[1:])
     raise ConfigError(f"{what} needs input_shape (e.g. [3, 32, 32]) or ctx.batches to read it from")
 

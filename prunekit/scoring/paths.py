@@ -14,11 +14,14 @@ rescaling applies to the branch only, an approximation the reference shares). Po
 
 :class:`PathCounter` patches the modules of a model in place for the duration of a ``with`` block (the
 instance's ``forward`` attribute), so it works on any ``nn.Module`` built from Conv/Linear modules,
-including the zoo's CNNs and ViT (attention stays as written in the model's forward).
+including the zoo's CNNs and ViT (attention stays as written in the model's forward). A token-id model
+(an ``nn.Embedding`` reads the input) is counted from its embedding output (:mod:`prunekit.scoring.tokens`);
+its output may be a Hugging Face ``ModelOutput`` (:func:`prunekit.modelio.logits_of`).
 """
 from __future__ import annotations
 
 import fnmatch
+import math
 from typing import Sequence
 
 import torch
@@ -26,7 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import MaskError
+from ..errors import MaskError, ModelError
+from ..modelio import call_model, logits_of
+from .tokens import input_embeddings, probe_input, summed_lookup, zero_lookup
 
 PATH_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _ACTIVATIONS = tuple(
@@ -109,6 +114,7 @@ class PathCounter:
                 raise MaskError(f"path counting needs Conv/Linear weights; {n!r} is not one")
             self._layers.append(mod)
         self._index = {id(m): i for i, m in enumerate(self._layers)}
+        self.token_embeddings = input_embeddings(model, self.input_shape)  # [] unless the input is token ids
         self._zero = [p for pn, p in model.named_parameters() if any(fnmatch.fnmatchcase(pn, g) for g in zero_params)]
         self._weights: list[Tensor] = []
         self._maxes: list[Tensor] = []
@@ -120,14 +126,18 @@ class PathCounter:
     # --- patching ------------------------------------------------------------------------------
     def __enter__(self) -> "PathCounter":
         device = next(self.model.parameters()).device
-        self.ones = torch.ones((1, *self.input_shape), device=device, dtype=self.dtype)
+        self.ones = probe_input(self.input_shape, bool(self.token_embeddings), device, self.dtype)
         self._flags = [(m, m.training) for m in self.model.modules()]
         self.model.eval()  # identity modules make this irrelevant, except for user modules that check it
+        reads_input = {id(self.model.get_submodule(n)) for n in self.token_embeddings}
         for mod in self.model.modules():
             if isinstance(mod, PATH_LAYERS):
                 fwd = self._layer_forward(mod)
             elif isinstance(mod, IDENTITY_TYPES):
                 fwd = _identity
+            elif isinstance(mod, nn.Embedding) and self.token_embeddings:
+                fwd = (summed_lookup(lambda m=mod: torch.ones_like(m.weight, dtype=self.dtype))
+                       if id(mod) in reads_input else zero_lookup(mod, self.dtype))
             else:
                 continue
             self._saved.append((mod, mod.__dict__.get("forward", _MISSING)))
@@ -180,12 +190,20 @@ class PathCounter:
             raise MaskError(f"path counting got {len(weights)} weights for {len(self._layers)} layers")
         self._weights, self._mode, self._maxes = list(weights), mode, []
         try:
-            out = self.model(self.ones)
+            out = logits_of(call_model(self.model, self.ones))
         finally:
             self._weights = []
-        if not isinstance(out, Tensor):
-            raise MaskError(f"path counting needs a model that returns one tensor, got {type(out).__name__}")
         return out
+
+    def check_dense(self, what: str) -> None:
+        """Refuse a model whose path count is degenerate with every weight kept (all zero or not finite):
+        a mask selected from it would be a choice among ties."""
+        dense = [torch.ones(m.weight.shape, device=self.ones.device, dtype=self.dtype) for m in self._layers]
+        with torch.no_grad():
+            log_p = float(self.log_paths(dense))
+        if not math.isfinite(log_p):
+            raise ModelError(f"{what}: the path count of the dense network is {'0' if log_p < 0 else log_p}: some "
+                               f"module maps the all-ones input to zero or overflows; path counting does not apply")
 
     def log_paths(self, weights: Sequence[Tensor]) -> Tensor:
         """``log(sum(out)) + sum_l log(max_l)`` with per-layer input rescaling (DPaI ``NPB_objective``)."""

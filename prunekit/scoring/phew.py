@@ -31,14 +31,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Collection, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import MaskError
+from ..modelio import call_model
 from .data import train_mode
 from .paths import PATH_LAYERS
+from .tokens import model_probe
 
 Jump = Literal["reference", "block_input"]
 
@@ -60,18 +62,21 @@ class ChainLayer:
         return self.out_units * self.in_units * self.kernel
 
 
-def trace_layers(model: nn.Module, input_shape: Sequence[int]) -> list[ChainLayer]:
-    """Conv/Linear layers in the order a forward pass of ``zeros(1, *input_shape)`` calls them (eval mode,
-    no grad), each with its weight parameter name and, for parallel branches, the layer it branches from."""
+def trace_layers(model: nn.Module, input_shape: Sequence[int], skip: Collection[str] = ()) -> list[ChainLayer]:
+    """Conv/Linear layers in the order a forward pass of one input (all ones; token ids for a token model)
+    calls them (eval mode, no grad), each with its weight parameter name and, for parallel branches, the
+    layer it branches from. Layers whose weight is named in ``skip`` (attention queries and keys) are left
+    out of the chain."""
     layers = {id(m): n for n, m in model.named_modules()
-              if isinstance(m, PATH_LAYERS) and isinstance(getattr(m, "weight", None), Tensor)}
+              if isinstance(m, PATH_LAYERS) and isinstance(getattr(m, "weight", None), Tensor)
+              and (f"{n}.weight" if n else "weight") not in skip}
     calls: list[tuple[nn.Module, object]] = []
     handles = [m.register_forward_pre_hook(lambda mod, args: calls.append((mod, args[0] if args else None)))
                for m in model.modules() if id(m) in layers]
-    param = next(model.parameters())
+    probe = model_probe(model, input_shape)
     try:
         with torch.no_grad(), train_mode(model, False):
-            model(torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype))
+            call_model(model, probe)
     finally:
         for h in handles:
             h.remove()
