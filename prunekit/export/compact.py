@@ -28,7 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import MaskError
-from .graph import _WEIGHTED, ChannelGather, ChannelGraph, ChannelGroup, Member
+from ..modelio import call_model, logits_of
+from .graph import DEPTHWISE, PRODUCER, ChannelGather, ChannelGraph, ChannelGroup, Member, member_entries, weighted_types
+from .heads import dead_units, out_axis, remove_units_, zero_dead_biases_
 
 
 def check_channel_aligned(masks: Mapping[str, Tensor]) -> None:
@@ -51,22 +53,9 @@ def check_channel_aligned(masks: Mapping[str, Tensor]) -> None:
                 "(N:M or unstructured masks: export them with save_pruned instead)")
 
 
-def _row_dead(mask: Tensor | None, idxs: list[int]) -> Tensor:
-    if mask is None:
-        return torch.zeros(len(idxs), dtype=torch.bool)
-    return ~mask.detach().cpu()[idxs].reshape(len(idxs), -1).any(dim=1)
-
-
-def _col_dead(mask: Tensor | None, idxs: list[int]) -> Tensor:
-    if mask is None:
-        return torch.zeros(len(idxs), dtype=torch.bool)
-    cols = mask.detach().cpu().transpose(0, 1)[idxs]
-    return ~cols.reshape(len(idxs), -1).any(dim=1)
-
-
 def _member_dead(member: Member, masks: Mapping[str, Tensor]) -> Tensor:
     """Per index of ``member``: producers ``True`` where the output is always zero, consumers where
-    the input is never read."""
+    the input is never read (a depthwise conv is both: its filter is its only reader)."""
     mod = member.module
     if isinstance(mod, ChannelGather):
         idxs = torch.tensor(member.idxs, dtype=torch.long)
@@ -74,7 +63,9 @@ def _member_dead(member: Member, masks: Mapping[str, Tensor]) -> Tensor:
             return mod.gather.cpu()[idxs] == mod.in_channels
         return ~torch.isin(idxs, mod.gather.cpu())
     mask = masks.get(f"{member.name}.weight")
-    return _row_dead(mask, member.idxs) if member.role == "producer" else _col_dead(mask, member.idxs)
+    if mask is None:
+        return torch.zeros(len(member.idxs), dtype=torch.bool)
+    return ~member_entries(member, mask.detach().cpu()).any(dim=1)
 
 
 def _all_dead(size: int, members: list[Member], masks: Mapping[str, Tensor]) -> Tensor:
@@ -96,14 +87,18 @@ class GroupPlan:
 
 
 def plan_group(group: ChannelGroup, masks: Mapping[str, Tensor]) -> GroupPlan:
+    if not group.prunable:  # (a traced group may map indices it cannot prune, e.g. a packed q/k/v)
+        return GroupPlan(group, [], 0)
     producers, consumers = group.producers(), group.consumers()
     producer_dead = _all_dead(group.size, producers, masks)
     consumer_dead = _all_dead(group.size, consumers, masks) if consumers else torch.zeros(group.size, dtype=torch.bool)
     removable = producer_dead | consumer_dead
-    if not group.prunable:
-        removable[:] = False
-    if bool(removable.all()):  # keep one (dead) channel: a zero-width layer is not a layer
-        removable[0] = False
+    if group.period:  # grouped convs: a unit goes only when all its channels can
+        unit = group.unit_of()
+        live = torch.zeros(group.units, dtype=torch.long).index_add_(0, unit, (~removable).long())
+        removable = (live == 0)[unit]
+    if bool(removable.all()):  # keep one (dead) unit: a zero-width layer is not a layer
+        removable[group.unit_of() == 0] = False
     any_masked = torch.zeros(group.size, dtype=torch.bool)
     for m in producers:
         if isinstance(m.module, ChannelGather):
@@ -118,14 +113,17 @@ def _zero_masked_outputs_(graph: ChannelGraph, masks: Mapping[str, Tensor], mode
     """For every conv/linear of ``graph``: the bias and the following BatchNorm's scale and shift of
     its fully masked output rows become zero, in ``model`` (matched by module name)."""
     modules = dict(model.named_modules())
+    for heads in graph.attention:
+        zero_dead_biases_(heads, model, masks)
     for mod, name in graph.names.items():
         mask = masks.get(f"{name}.weight")
-        if mask is None or not isinstance(mod, _WEIGHTED):
+        if mask is None or not isinstance(mod, weighted_types()):
             continue
-        dead = (~mask.reshape(mask.shape[0], -1).any(dim=1)).to(mod.weight.device)
+        rows = mask.movedim(out_axis(mod), 0)
+        dead = (~rows.reshape(rows.shape[0], -1).any(dim=1)).to(mod.weight.device)
         if not bool(dead.any()):
             continue
-        targets = [modules[name].bias]
+        targets = [getattr(modules[name], "bias", None)]
         norm = graph.norm_after(mod)
         if norm is not None:
             target_norm = modules[graph.names[norm]]
@@ -182,15 +180,27 @@ class CompactResult:
         return "\n".join(rows)
 
 
+def _outputs(model: nn.Module, inputs) -> Tensor:
+    return logits_of(call_model(model, inputs))
+
+
+def parity_tolerance(reference: Tensor, rtol: float, atol: float) -> float:
+    """``atol + rtol * max |reference|``: the compact-parity bound, relative to the output's scale (float32
+    rounding grows with it: logits of 130 differ by ~1e-5 for a reordered but exact sum)."""
+    return atol + rtol * float(reference.detach().abs().max()) if reference.numel() else atol
+
+
 @torch.no_grad()
-def compact_model(model: nn.Module, masks: Mapping[str, Tensor], example_inputs: Tensor, *, verify: bool = True,
-            atol: float = 1e-5) -> CompactResult:
+def compact_model(model: nn.Module, masks: Mapping[str, Tensor], example_inputs, *, verify: bool = True,
+                  rtol: float = 1e-5, atol: float = 0.0) -> CompactResult:
     """A physically smaller copy of ``model`` equal to its channel-masked version (module docstring).
 
     ``masks`` (a MaskSet or ``{parameter name: bool tensor}``) must remove whole output filters or input
-    channels (:func:`check_channel_aligned` names the first layer that does not). ``example_inputs`` is a
-    batch used to trace the graph (and, with ``verify``, to check the outputs: a difference above
-    ``atol`` raises :class:`MaskError`). ``model`` itself is not changed.
+    channels (:func:`check_channel_aligned` names the first layer that does not); attention heads go
+    whole (:mod:`prunekit.export.heads`). ``example_inputs`` is a batch (a tensor, or a mapping of keyword
+    inputs such as ``{"input_ids": ...}``) used to trace the graph and, with ``verify``, to check the
+    outputs (logits by :func:`prunekit.modelio.logits_of`): a difference above
+    ``atol + rtol * max |masked output|`` raises :class:`MaskError`. ``model`` itself is not changed.
     """
     masks = _as_masks(masks)
     check_channel_aligned(masks)
@@ -199,7 +209,7 @@ def compact_model(model: nn.Module, masks: Mapping[str, Tensor], example_inputs:
     before = sum(p.numel() for p in work.parameters())
     graph = ChannelGraph(work, example_inputs)
     _zero_masked_outputs_(graph, masks, work)
-    reference = work(example_inputs) if verify else None
+    reference = _outputs(work, example_inputs) if verify else None
     result = CompactResult(work, params_before=before)
     for group in graph.groups:  # planned one by one: an earlier removal can zero a gather's outputs
         p = plan_group(group, masks)
@@ -207,23 +217,41 @@ def compact_model(model: nn.Module, masks: Mapping[str, Tensor], example_inputs:
         if p.group.prunable:
             result.removed[p.group.root_name] = len(p.remove)
             result.coupled[p.group.root_name] = p.coupled
-    result.params_after = sum(p.numel() for p in work.parameters())
     result.history = graph.history()
+    for heads in graph.attention:  # after Torch-Pruning's surgery: an nn.MultiheadAttention is replaced
+        dead = dead_units(heads, masks)
+        if bool(dead.all()):
+            dead[0] = False  # keep one (zero) head
+        units = dead.nonzero().flatten().tolist()
+        remove_units_(work, heads, units)
+        result.removed[f"{heads.name} (heads)"] = len(units)
+        if units:
+            result.history.append([heads.name, HEADS, units])
+    result.params_after = sum(p.numel() for p in work.parameters())
     if reference is not None:
-        diff = float((work(example_inputs) - reference).abs().max())
+        diff = float((_outputs(work, example_inputs) - reference).abs().max())
         result.max_abs_diff = diff
-        if not diff <= atol:
-            raise MaskError(f"compact export changed the outputs by {diff:.3g} (> {atol}): the model has an "
-                            "operation that does not map a zero channel to zero between removed channels")
+        tol = parity_tolerance(reference, rtol, atol)
+        if not diff <= tol:
+            raise MaskError(f"compact export changed the outputs by {diff:.3g} (> {tol:.3g} = {atol:g} + {rtol:g} x "
+                            "max |output|): the model has an operation that does not map a zero channel to zero "
+                            "between removed channels")
     return result
 
 
-def rebuild_compact(model: nn.Module, history: list, example_inputs: Tensor) -> nn.Module:
+HEADS = "heads"  # history entries [attention module, "heads", removed units]
+
+
+def rebuild_compact(model: nn.Module, history: list, example_inputs) -> nn.Module:
     """Give a freshly built original ``model`` the shapes of a compact export by replaying its
     ``history`` (:attr:`CompactResult.history`); load the compact weights into the result. In place."""
     graph = ChannelGraph(model, example_inputs)
+    channel_steps = [h for h in history if h[1] != HEADS]
     try:
-        graph.dg.load_pruning_history([[n, bool(o), list(i)] for n, o, i in history])
-    except (AttributeError, IndexError, ValueError, TypeError) as e:
+        graph.dg.load_pruning_history([[n, bool(o), list(i)] for n, o, i in channel_steps])
+        attention = {a.name: a for a in graph.attention}
+        for name, _, units in (h for h in history if h[1] == HEADS):
+            remove_units_(model, attention[name], [int(u) for u in units])
+    except (AttributeError, IndexError, ValueError, TypeError, KeyError) as e:
         raise MaskError(f"compact history does not fit {type(model).__name__} ({e})") from None
     return model

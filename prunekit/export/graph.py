@@ -13,6 +13,8 @@ output channel is an input channel or an always-zero channel, and both sides can
 """
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -21,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..modelio import call_model, logits_of
+from .heads import AttentionHeads, conv1d_type, find_attention
 
 try:  # optional dependency (extra "structured")
     import torch_pruning as tp
@@ -94,6 +98,32 @@ def _gather_pruner_class():
     return ChannelGatherPruner()
 
 
+def _conv1d_pruner_class():
+    """Torch-Pruning surgery for Hugging Face's ``Conv1D`` (GPT-2): a linear layer with weight ``[in, out]``."""
+
+    class Conv1DPruner(tp.pruner.function.BasePruningFunc):
+        def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+            keep = sorted(set(range(layer.nf)) - set(idxs))
+            layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 1)
+            layer.bias = self._prune_parameter_and_grad(layer.bias, keep, 0)
+            layer.nf = len(keep)
+            return layer
+
+        def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+            keep = sorted(set(range(layer.nx)) - set(idxs))
+            layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
+            layer.nx = len(keep)
+            return layer
+
+        def get_out_channels(self, layer: nn.Module) -> int:
+            return layer.nf
+
+        def get_in_channels(self, layer: nn.Module) -> int:
+            return layer.nx
+
+    return Conv1DPruner()
+
+
 def replace_pad_shortcuts(model: nn.Module, example_inputs: torch.Tensor) -> int:
     """Swap every ``PadShortcut`` of ``model`` for an equivalent :class:`ChannelGather`; returns how many."""
     from ..models.resnet_cifar import PadShortcut
@@ -106,14 +136,15 @@ def replace_pad_shortcuts(model: nn.Module, example_inputs: torch.Tensor) -> int
              for n, m in pads.items()]
     try:
         with torch.no_grad():
-            model(example_inputs)
+            call_model(model, example_inputs)
     finally:
         for h in hooks:
             h.remove()
     for name, m in pads.items():
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, ChannelGather.from_pad(widths[name], m.pad, m.extra).to(example_inputs.device))
+        device = next(iter(model.parameters())).device
+        setattr(parent, attr, ChannelGather.from_pad(widths[name], m.pad, m.extra).to(device))
     return len(pads)
 
 
@@ -136,6 +167,7 @@ def _gather_order(groups: list["ChannelGroup"]) -> list["ChannelGroup"]:
 # --- groups ------------------------------------------------------------------------------------------
 
 PRODUCER, NORM, CONSUMER, OTHER = "producer", "norm", "consumer", "other"
+DEPTHWISE = "depthwise"  # a depthwise conv reads and writes the same channel: producer and consumer at once
 
 
 @dataclass
@@ -152,7 +184,12 @@ class Member:
 
 @dataclass
 class ChannelGroup:
-    """Channels that are removed together; ``size`` channels numbered as the root layer's outputs."""
+    """Channels that are removed together; ``size`` channels numbered as the root layer's outputs.
+
+    ``period`` is set when a grouped convolution reads or writes the group: a removable *unit* is then
+    the channels ``{p, p + period, p + 2 period, ...}`` (the same position in every conv group, so every
+    conv group keeps the same width). ``heads`` names the attention module whose head projections write
+    the group: those channels go in whole heads (:mod:`prunekit.export.heads`), never one by one."""
 
     root_name: str
     root: nn.Module
@@ -161,56 +198,139 @@ class ChannelGroup:
     members: list[Member] = field(default_factory=list)
     reaches_output: bool = False
     unsupported: str | None = None  # the member that prunekit cannot reason about, if any
+    period: int | None = None
+    heads: str | None = None
 
     def producers(self) -> list[Member]:
-        return [m for m in self.members if m.role == PRODUCER]
+        return [m for m in self.members if m.role in (PRODUCER, DEPTHWISE)]
 
     def consumers(self) -> list[Member]:
-        return [m for m in self.members if m.role == CONSUMER]
+        return [m for m in self.members if m.role in (CONSUMER, DEPTHWISE)]
 
     def norms(self) -> list[Member]:
         return [m for m in self.members if m.role == NORM]
 
     @property
     def prunable(self) -> bool:
-        return not self.reaches_output and self.unsupported is None
+        return not self.reaches_output and self.unsupported is None and self.heads is None
+
+    @property
+    def units(self) -> int:
+        return self.period or self.size
+
+    def unit_of(self) -> torch.Tensor:
+        """Per root channel, the unit it belongs to."""
+        return torch.arange(self.size) % self.units
 
 
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_WEIGHTED = _CONV + (nn.Linear,)
+
+
+def weighted_types() -> tuple[type, ...]:
+    """Layers whose weight rows are output channels and columns input channels (Conv1D: transposed)."""
+    c1d = conv1d_type()
+    return _WEIGHTED + ((c1d,) if c1d is not None else ())
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, _CONV) and 1 < module.groups == module.in_channels == module.out_channels
 
 
 def _role(dg, module: nn.Module, handler) -> str:
-    if isinstance(module, _WEIGHTED + (ChannelGather,)):
-        if isinstance(module, _WEIGHTED[:3]) and module.groups != 1:
-            return OTHER
+    if isinstance(module, weighted_types() + (ChannelGather,)):
+        if is_depthwise(module):
+            return DEPTHWISE
         return PRODUCER if dg.is_out_channel_pruning_fn(handler) else CONSUMER
     if isinstance(module, _NORM_TYPES):
         return NORM
     return OTHER
 
 
+def _plain(module: nn.Module) -> bool:
+    """Weight ``[out, in, ...]`` with every output reading every input (no conv groups, not Conv1D)."""
+    return module.groups == 1 if isinstance(module, _CONV) else isinstance(module, nn.Linear)
+
+
+def _entry_table(member: Member, shape: torch.Size) -> torch.Tensor:
+    """Flat weight indices of each of the module's channels on the member's side, ``[channels, entries]``."""
+    mod, flat = member.module, torch.arange(math.prod(shape)).reshape(shape)
+    if member.role == DEPTHWISE or (member.role == PRODUCER and isinstance(mod, _CONV)):
+        return flat.reshape(shape[0], -1)
+    if not isinstance(mod, _CONV):  # Conv1D, weight [in, out]
+        return flat.t().contiguous() if member.role == PRODUCER else flat
+    g = mod.groups  # grouped conv input channel g * (in / g) + p: rows of conv group g, column p
+    per_out, per_in = shape[0] // g, shape[1]
+    return flat.reshape(g, per_out, per_in, -1).permute(0, 2, 1, 3).reshape(g * per_in, -1)
+
+
+def member_entries(member: Member, t: torch.Tensor, idxs: Sequence[int] | None = None) -> torch.Tensor:
+    """The entries of weight-shaped ``t`` (mask, scores) that belong to each of ``idxs`` (default: the
+    member's), one row per channel: output rows for producers, input columns for consumers."""
+    idxs = torch.as_tensor(member.idxs if idxs is None else list(idxs), dtype=torch.long)
+    if _plain(member.module):
+        side = t if member.role == PRODUCER else t.transpose(0, 1)
+        return side[idxs.to(t.device)].reshape(len(idxs), -1)
+    table = _entry_table(member, t.shape).to(t.device)
+    return t.reshape(-1)[table[idxs.to(t.device)]]
+
+
+def clear_entries_(member: Member, mask: torch.Tensor, idxs: Sequence[int]) -> None:
+    """Set the member's entries of ``mask`` for channels ``idxs`` to ``False`` (in place)."""
+    idxs = torch.as_tensor(list(idxs), dtype=torch.long, device=mask.device)
+    if _plain(member.module):
+        if member.role == PRODUCER:
+            mask[idxs] = False
+        else:
+            mask[:, idxs] = False
+        return
+    mask.view(-1)[_entry_table(member, mask.shape).to(mask.device)[idxs].flatten()] = False
+
+
+@contextlib.contextmanager
+def _no_cache(model: nn.Module):
+    """Hugging Face models off their key/value cache while traced (the cache is not part of the graph)."""
+    config = getattr(model, "config", None)
+    old = getattr(config, "use_cache", None)
+    if old:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        if old:
+            config.use_cache = old
+
+
 class ChannelGraph:
-    """The dependency graph of ``model`` (traced once on ``example_inputs``) and its channel groups.
+    """The dependency graph of ``model`` (traced once on ``example_inputs``: a tensor, or a mapping of
+    keyword inputs) and its channel groups; ``attention`` lists the attention modules whose heads are
+    units of their own (:mod:`prunekit.export.heads`).
 
     ``model`` is modified: option-A shortcuts become :class:`ChannelGather` (same function). Build it on
     the copy you intend to shrink.
     """
 
-    def __init__(self, model: nn.Module, example_inputs: torch.Tensor):
+    def __init__(self, model: nn.Module, example_inputs: Any):
         require_torch_pruning()
         replace_pad_shortcuts(model, example_inputs)
         self.model = model
         self.names = {m: n for n, m in model.named_modules()}
+        self.attention: list[AttentionHeads] = find_attention(model)
+        pruners: dict = {ChannelGather: _gather_pruner_class()}
+        if conv1d_type() is not None:
+            pruners[conv1d_type()] = _conv1d_pruner_class()
         was_training = model.training
         model.eval()
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), _no_cache(model):
                 self.dg = tp.DependencyGraph().build_dependency(
-                    model, example_inputs, customized_pruners={ChannelGather: _gather_pruner_class()}, verbose=False)
+                    model, example_inputs, forward_fn=call_model, output_transform=logits_of,
+                    customized_pruners=pruners, verbose=False)
         finally:
             model.train(was_training)
-        self.groups = _gather_order([self._describe(g) for g in self.dg.get_all_groups(root_module_types=_WEIGHTED)])
+        roots = weighted_types()
+        self.groups = _gather_order([self._describe(g) for g in self.dg.get_all_groups(root_module_types=roots)])
 
     def _describe(self, group) -> ChannelGroup:
         first = group[0]
@@ -232,9 +352,25 @@ class ChannelGraph:
                     out.unsupported = out.unsupported or self.names[module]
                 continue
             out.members.append(Member(self.names[module], module, role, list(item.idxs), list(item.root_idxs)))
+        self._set_period(out)
+        projections = {p: a.name for a in self.attention for p in a.projections()}
+        out.heads = next((projections[m.name] for m in out.producers() if m.name in projections), None)
         if self._feeds_output(out):
             out.reaches_output = True
         return out
+
+    def _set_period(self, group: ChannelGroup) -> None:
+        """Units of a group read or written by grouped convs (:class:`ChannelGroup`)."""
+        blocks = []
+        for m in group.members:
+            mod = m.module
+            if isinstance(mod, _CONV) and mod.groups > 1 and m.role != DEPTHWISE:
+                if m.idxs != m.root or m.idxs != list(range(group.size)):
+                    group.unsupported = group.unsupported or m.name
+                    return
+                blocks.append(group.size // mod.groups)
+        if blocks:
+            group.period = math.gcd(*blocks)
 
     def _feeds_output(self, group: ChannelGroup) -> bool:
         # the traced output is the root node itself when the last layer has no op after it

@@ -19,16 +19,18 @@ producers' biases are held at zero on every :meth:`enforce` (the channel-masked 
 from __future__ import annotations
 
 import copy
+import fnmatch
 import math
 from typing import Any, Literal, Mapping
 
 import torch
 from pydantic import field_validator
-from torch import Tensor
+from torch import Tensor, nn
 
-from ..errors import ConfigError, MaskError
-from ..export.graph import ChannelGather, ChannelGraph
-from ..sparsity import num_keep, topk_mask
+from ..errors import ConfigError, MaskError, ModelError
+from ..export.graph import CONSUMER, DEPTHWISE, NORM, PRODUCER, ChannelGather, ChannelGraph, clear_entries_, member_entries
+from ..modelio import batch_to, slice_batch
+from ..sparsity import MaskSet, num_keep, topk_mask
 from .base import MethodConfig, PruneContext, Pruner
 from .basic import MagnitudePruning
 from .registry import METHODS
@@ -63,6 +65,20 @@ class StructuredConfig(MethodConfig):
         return v
 
 
+def _takes_tokens(model: nn.Module) -> bool:
+    """Whether the first layer with parameters is an embedding (the model reads token ids)."""
+    first = next((m for m in model.modules() if any(True for _ in m.parameters(recurse=False))), None)
+    return isinstance(first, nn.Embedding)
+
+
+def _reason(g) -> str:
+    if g.reaches_output:
+        return "reaches the model output"
+    if g.unsupported:
+        return f"holds {g.unsupported}, which cannot lose channels exactly"
+    return "is pruned in whole heads"
+
+
 def rounded_keep(n: int, keep: int, round_to: int) -> int:
     """``keep`` of ``n`` channels rounded to the nearest multiple of ``round_to`` (at least one
     multiple, at most ``n``; at least 1)."""
@@ -82,20 +98,46 @@ class StructuredPruner(Pruner):
 
     def __init__(self, model, config: StructuredConfig):
         super().__init__(model, config)
+        self._add_packed_projections()
         self.side_masks: dict[str, Tensor] = {}  # biases and BN scale/shift of removed channels
 
     # like magnitude pruning: ``when`` picks pruning at initialization or after pretraining
     schedule = MagnitudePruning.schedule
     on_init = MagnitudePruning.on_init
 
+    def _add_packed_projections(self) -> None:
+        """Also mask Hugging Face ``Conv1D`` weights and ``nn.MultiheadAttention.in_proj_weight`` (they
+        hold GPT-2's and MHA's heads) when the targets policy covers linear layers but not them."""
+        from ..export.heads import conv1d_type
+        from ..sparsity.targets import resolve_targets
+
+        targets = resolve_targets(self.config.targets)
+        if targets.layers == "conv":
+            return
+        c1d = conv1d_type()
+        extra = set()
+        for name, m in self.model.named_modules():
+            if c1d is not None and isinstance(m, c1d):
+                extra.add(f"{name}.weight")
+            elif isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None:
+                extra.add(f"{name}.in_proj_weight")
+        extra = {n for n in extra - set(self.masks.names())
+                 if (not targets.include or any(fnmatch.fnmatchcase(n, g) for g in targets.include))
+                 and not any(fnmatch.fnmatchcase(n, g) for g in targets.exclude)}
+        if extra:
+            old = dict(self.masks.items())
+            self.masks = MaskSet({n: old[n] if n in old else torch.ones_like(p, dtype=torch.bool)
+                                  for n, p in self.model.named_parameters() if n in old or n in extra}).bind(self.model)
+
     # --- scoring ---------------------------------------------------------------------------------
-    def _example(self, ctx: PruneContext | None) -> Tensor:
+    def _example(self, ctx: PruneContext | None):
         device = self.masks.params[0].device
         if self.config.input_shape is not None:
-            return torch.zeros((2, *self.config.input_shape), device=device)
+            tokens = _takes_tokens(self.model)  # token ids: zeros are valid ids of every vocabulary
+            return torch.zeros((2, *self.config.input_shape), device=device, dtype=torch.long if tokens else None)
         if ctx is not None and ctx.batches is not None:
             for x, _ in ctx.batches:
-                return x[:2].to(device)
+                return batch_to(slice_batch(x, 2), device)
         raise ConfigError("structured: tracing the channel groups needs method.input_shape or ctx.batches")
 
     def _scores(self, ctx: PruneContext | None) -> dict[str, Tensor]:
@@ -126,26 +168,32 @@ class StructuredPruner(Pruner):
             out.append(g)
         return out
 
-    def _channel_scores(self, group, scores: Mapping[str, Tensor]) -> Tensor:
+    def _eligible_heads(self, graph) -> list:
+        return [a for a in graph.attention if all(s.param in self.masks for s in a.weights())]
+
+    def _unit_scores(self, group, scores: Mapping[str, Tensor]) -> Tensor:
+        """Per unit of ``group`` (a channel, or a position of every conv group): its producers' scores."""
         total = torch.zeros(group.size, dtype=torch.float64)
         for m in group.producers():
             s = scores.get(f"{m.name}.weight")
             if s is None:
                 continue
-            rows = s.detach().abs().double().cpu()[m.idxs].reshape(len(m.idxs), -1)
+            rows = member_entries(m, s.detach().abs().double().cpu())
             agg = rows.sum(1) if self.config.reduce == "l1" else rows.pow(2).sum(1)
             total.index_add_(0, torch.tensor(m.root, dtype=torch.long), agg)
+        if group.period:
+            total = torch.zeros(group.units, dtype=torch.float64).index_add_(0, group.unit_of(), total)
         return total if self.config.reduce == "l1" else total.sqrt()
 
-    def _keep_counts(self, groups, channel_scores: list[Tensor]) -> list[int]:
+    def _keep_counts(self, units: list[int], unit_scores: list[Tensor], roundable: list[bool]) -> list[int]:
         cfg, sp = self.config, self.target_sparsity()
         if cfg.allocation == "uniform":
-            keep = [num_keep(g.size, sp) for g in groups]
+            keep = [num_keep(n, sp) for n in units]
         else:
-            normed = [s / s.mean().clamp_min(1e-300) for s in channel_scores]
-            chosen = topk_mask(torch.cat(normed), num_keep(sum(g.size for g in groups), sp))
-            keep = [int(part.sum()) for part in torch.split(chosen, [g.size for g in groups])]
-        return [rounded_keep(g.size, k, cfg.round_to) for g, k in zip(groups, keep)]
+            normed = [s / s.mean().clamp_min(1e-300) for s in unit_scores]
+            chosen = topk_mask(torch.cat(normed), num_keep(sum(units), sp))
+            keep = [int(part.sum()) for part in torch.split(chosen, units)]
+        return [rounded_keep(n, k, cfg.round_to if r else 1) for n, k, r in zip(units, keep, roundable)]
 
     def _select(self, group, scores: Tensor, keep: int, gather_removed: dict[int, set[int]]) -> Tensor:
         """Top-``keep`` channels of ``group``; a channel an option-A shortcut copies from a kept input
@@ -165,39 +213,73 @@ class StructuredPruner(Pruner):
     @torch.no_grad()
     def prune_scores(self, scores: Mapping[str, Tensor], ctx: PruneContext | None = None):
         """Masks from per-weight ``scores`` (``{weight name: tensor}``, e.g. a HYDRA/BiP pruner's
-        ``dict(zip(bank.names, bank.scores_v))``), aggregated per channel and chosen per group."""
+        ``dict(zip(bank.names, bank.scores_v))``), aggregated per channel (per head in attention) and
+        chosen per group. Raises :class:`ModelError` when nothing can be removed."""
+        from ..export.heads import unit_scores
+
         graph = ChannelGraph(copy.deepcopy(self.model), self._example(ctx))
-        groups = self._eligible(graph)
-        channel_scores = [self._channel_scores(g, scores) for g in groups]
+        groups, attention = self._eligible(graph), self._eligible_heads(graph)
+        per_unit = [self._unit_scores(g, scores) for g in groups] + [unit_scores(a, scores, self.config.reduce)
+                                                                       for a in attention]
+        units = [g.units for g in groups] + [a.units for a in attention]
+        roundable = [g.period is None for g in groups] + [False] * len(attention)
+        keeps = self._keep_counts(units, per_unit, roundable)
         new = {n: torch.ones_like(m) for n, m in self.masks.items()}
         side: dict[str, Tensor] = {}
         params = dict(self.model.named_parameters())
+        removed_any = False
         gather_removed: dict[int, set[int]] = {}  # ChannelGather -> its removed input channels
-        for g, s, k in zip(groups, channel_scores, self._keep_counts(groups, channel_scores)):
-            removed = ~self._select(g, s, k, gather_removed)
-            for m in g.members:
-                sel = removed[torch.tensor(m.root, dtype=torch.long)]
-                idxs = torch.tensor(m.idxs, dtype=torch.long)[sel]
-                if not len(idxs):
-                    continue
-                if m.role == "consumer":
-                    if isinstance(m.module, ChannelGather):
-                        gather_removed.setdefault(id(m.module), set()).update(idxs.tolist())
-                    if f"{m.name}.weight" in new:
-                        new[f"{m.name}.weight"][:, idxs.to(new[f"{m.name}.weight"].device)] = False
-                    continue
-                if m.role == "producer" and f"{m.name}.weight" in new:
-                    new[f"{m.name}.weight"][idxs.to(new[f"{m.name}.weight"].device)] = False
-                for attr in ("bias",) if m.role == "producer" else ("weight", "bias"):
-                    pname = f"{m.name}.{attr}"
-                    if pname in params:
-                        keep = side.setdefault(pname, torch.ones_like(params[pname], dtype=torch.bool))
-                        keep[idxs.to(keep.device)] = False
+        for g, s, k in zip(groups, per_unit, keeps):
+            if g.period:
+                removed = ~topk_mask(s, k)[g.unit_of()]
+            else:
+                removed = ~self._select(g, s, k, gather_removed)
+            removed_any |= bool(removed.any())
+            self._mask_channels(g, removed, new, side, params, gather_removed)
+        for a, s, k in zip(attention, per_unit[len(groups):], keeps[len(groups):]):
+            gone = (~topk_mask(s, k)).nonzero().flatten().tolist()
+            removed_any |= bool(gone)
+            for slot in a.slots:  # weights in the masks; biases held at zero like the channels' biases
+                keep = new[slot.param] if slot.param in new else side.setdefault(
+                    slot.param, torch.ones_like(params[slot.param], dtype=torch.bool))
+                keep.movedim(slot.axis, 0)[a.indices(slot, gone).to(keep.device)] = False
+        if not removed_any:
+            raise ModelError(self._nothing_removed(graph, groups, attention))
         self.masks.update_(new)
         self.side_masks = side
         self._side_factors = None
         self.enforce()
         return self.masks
+
+    def _mask_channels(self, g, removed: Tensor, new, side, params, gather_removed) -> None:
+        for m in g.members:
+            sel = removed[torch.tensor(m.root, dtype=torch.long)]
+            idxs = torch.tensor(m.idxs, dtype=torch.long)[sel]
+            if not len(idxs):
+                continue
+            weight = f"{m.name}.weight"
+            if m.role == CONSUMER:
+                if isinstance(m.module, ChannelGather):
+                    gather_removed.setdefault(id(m.module), set()).update(idxs.tolist())
+                if weight in new:
+                    clear_entries_(m, new[weight], idxs.tolist())
+                continue
+            if m.role in (PRODUCER, DEPTHWISE) and weight in new:
+                clear_entries_(m, new[weight], idxs.tolist())
+            for attr in ("weight", "bias") if m.role == NORM else ("bias",):
+                pname = f"{m.name}.{attr}"
+                if pname in params:
+                    keep = side.setdefault(pname, torch.ones_like(params[pname], dtype=torch.bool))
+                    keep[idxs.to(keep.device)] = False
+
+    def _nothing_removed(self, graph, groups, attention) -> str:
+        sp = self.target_sparsity()
+        if groups or attention:
+            return (f"structured: sparsity={sp:g} removes no channel or head of {type(self.model).__name__} "
+                    "(every eligible group keeps all its units); raise the sparsity")
+        why = next((f"'{g.root_name}' {_reason(g)}" for g in graph.groups if not g.prunable), None)
+        return (f"structured: {type(self.model).__name__} has no channel group or attention head that can be "
+                f"removed" + (f" (e.g. group of {why})" if why else "") + "; see docs/structured.md")
 
     # --- enforcement and state -------------------------------------------------------------------
     @torch.no_grad()
