@@ -90,6 +90,18 @@ class ModelIO:
 DEFAULT_IO = ModelIO()
 
 
+def attention_modules(model: nn.Module) -> list[str]:
+    """Names of the attention modules of ``model``: ``nn.MultiheadAttention`` and any module whose class
+    name says attention (Hugging Face's ``BertSelfAttention``, ``GPT2Attention`` ..., the zoo's
+    ``SelfAttention``), outermost only."""
+    found: list[str] = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.MultiheadAttention) or "attention" in type(m).__name__.lower():
+            if not any(name.startswith(f + ".") for f in found):
+                found.append(name)
+    return found
+
+
 def is_token_input(x: Any) -> bool:
     """Whether a batch input holds token ids (integer tensors) rather than features."""
     if isinstance(x, Mapping):

@@ -15,6 +15,7 @@ import torch
 from pydantic import Field, create_model, model_validator
 
 from ..errors import ConfigError
+from ..modelio import attention_modules
 from ..registry import suggest
 from ..scoring import lap as scoring
 from ..sparsity import allocate, custom, num_keep, topk_mask
@@ -274,8 +275,20 @@ def module_names(pruner: Pruner) -> list[str]:
     return [n.rsplit(".", 1)[0] if "." in n else "" for n in pruner.masks.names()]
 
 
+def refuse_attention(pruner: Pruner) -> None:
+    """LAP's lookahead (and its OBD baseline's per-layer Hessian) is defined on chains of conv/linear
+    layers where each layer's output is the next one's input; attention breaks that (q, k and v do not
+    feed each other, and their product is not a layer), so such models are refused in one line."""
+    found = attention_modules(pruner.model)
+    if found:
+        raise ConfigError(f"{pruner.name}: '{found[0]}' is attention; the lookahead and per-layer Hessian are "
+                          "defined on sequential conv/linear chains, which attention breaks; allowed: models "
+                          "without attention (mp, mp_global and rp prune any model)")
+
+
 def build_scorer(pruner: Pruner, ctx: PruneContext | None) -> scoring.LookaheadScorer:
     """A LookaheadScorer over ``pruner``'s prunable layers with the config's bn/activation/lookahead."""
+    refuse_attention(pruner)
     cfg = pruner.config
     names = module_names(pruner)
     if cfg.lookahead == "residual":
@@ -357,6 +370,7 @@ class OBD(_LayerwisePruner):
     def scores(self, ctx):
         cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
+        refuse_attention(self)
         modules = [self.model.get_submodule(n) for n in module_names(self)]
         h = scoring.diag_ggn(self.model, modules, ctx.batches, cfg.hessian_samples, cfg.hessian, gen)
         return [hi * p.detach().float().pow(2) / 2 for hi, p in zip(h, self.masks.params)]

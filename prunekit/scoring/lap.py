@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..modelio import call_model, logits_of
 
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -405,7 +406,7 @@ def diag_ggn(model: nn.Module, modules: Sequence[nn.Module], batches: Iterable, 
     try:
         model.eval()
         for x, _ in take_samples(batches, samples, device):
-            logits = model(x)
+            logits = logits_of(call_model(model, x))
             p = torch.softmax(logits.detach().float(), dim=1)
             eye = torch.eye(p.shape[1], device=p.device)
             if mode == "exact":
