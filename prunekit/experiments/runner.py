@@ -42,6 +42,7 @@ from .packing import fit_trainer
 from .config import (ExperimentConfig, check_model_fits, check_targets, create_model, identity, model_kwargs, pretrain_hash, pretrain_identity,
                      run_hash)
 from .progress import Reporter
+from .run_cost import RunCost, add_sparse_phase, mask_flops_ratio
 from .store import ResultsStore
 
 
@@ -159,14 +160,28 @@ def _fit(built: Built, train_cfg: TrainConfig, pruner, phase: str, directory: Pa
                       metrics_path=directory / f"metrics-{phase}.jsonl", progress=rep.progress, log=log)
     if start_step and not trainer.checkpoint_path.exists():
         _start_at(trainer, start_step)
-    rep.phase_start(phase, trainer.total_steps)
+    elif trainer.checkpoint_path.exists():
+        trainer.prepare()  # loads the checkpoint (once): say where the phase goes on from
+        rep.message(f"  resumed {directory.name} ({phase}) at step {trainer.step} of {trainer.total_steps}")
+    rep.phase_start(phase, trainer.total_steps, done=trainer.step)
     try:
         summary = fit_trainer(trainer)  # trainer.fit(), or its turn in a pack (`sweep --pack`)
     finally:
         if writer is not None:
             writer.close()
+    summary = _best_at_final_sparsity(summary, trainer.history)
     rep.phase_end(phase, summary)
     return summary
+
+
+def _best_at_final_sparsity(summary: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+    """``best_acc`` over the evaluations at the phase's final sparsity only (GraNet's "best after the final
+    pruning epoch": an epoch before gradual pruning reached its target does not count)."""
+    if not history or "sparsity" not in history[-1]:
+        return summary
+    final = history[-1]["sparsity"]
+    accs = [r["test_acc"] for r in history if abs(r.get("sparsity", -1.0) - final) < 1e-9]
+    return {**summary, "best_acc": max(accs)}
 
 
 def _pretrain(cfg: ExperimentConfig, built: Built, rep: Reporter) -> dict[str, Any]:
@@ -203,11 +218,14 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
     schedule = pruner.schedule
     extra: dict[str, Any] = {}
     wall = 0.0
+    cost = RunCost()
     if schedule == "none":
         summary = _pretrain(cfg, built, rep)
         wall = summary["wall_time"]
+        cost.add(summary["steps"])
     elif schedule == "after":
         pre = _pretrain(cfg, built, rep)
+        cost.add(pre["steps"])
         extra["pretrain_acc"] = pre["final_acc"]
         finetune_cfg = cfg.finetune or cfg.train
         ckpt = run_dir / "checkpoint-finetune.pt"
@@ -216,7 +234,8 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
         pruner.setup(ctx)
         if not ckpt.exists():
             t0 = time.perf_counter()
-            pruner.prune(ctx)
+            with rep.task(f"prune: {cfg.method['name']}"):
+                pruner.prune(ctx)
             extra["prune_time"] = time.perf_counter() - t0
             extra["pruned_acc"] = evaluate(built.model, built.test_loader)["acc"]
             if is_main():
@@ -225,8 +244,10 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
             extra.update(json.loads((run_dir / "prune.json").read_text()))
         summary = _fit(built, finetune_cfg, pruner, "finetune", run_dir, rep)
         wall = pre["wall_time"] + extra.get("prune_time", 0.0) + summary["wall_time"]
+        add_sparse_phase(cost, pruner, summary["steps"], _flops_ratio(built))
     elif schedule == "iterative":
         summary, wall, extra = _run_levels(cfg, built, run_dir, rep)
+        cost = extra.pop("cost")
     else:
         ckpt = run_dir / "checkpoint-train.pt"
         ctx = _context(built)
@@ -234,7 +255,8 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
         # "during" methods get on_init too: initial masks (e.g. an ERK start)
         if not ckpt.exists():
             t0 = time.perf_counter()
-            pruner.on_init(ctx)
+            with rep.task(f"prune: {cfg.method['name']}" if schedule == "init" else ""):
+                pruner.on_init(ctx)
             extra["prune_time"] = time.perf_counter() - t0
             if schedule == "init":  # before any training time is spent; a cut branch only warns
                 check_layer_collapse(built.model, pruner.masks, built.input_shape, raise_error="disconnected")
@@ -244,12 +266,13 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
             extra.update(json.loads((run_dir / "prune.json").read_text()))
         summary = _fit(built, cfg.train, pruner, "train", run_dir, rep)
         wall = extra.get("prune_time", 0.0) + summary["wall_time"]
+        cost.add(summary["steps"], _training_flops(built) or _flops_ratio(built))
     if schedule != "none" and is_main():
         pruner.masks.save(run_dir / "masks.safetensors")
     if cfg.output.save_model and is_main():
         with atomic_path(run_dir / "model.safetensors") as tmp:
             save_file({k: v.contiguous().cpu() for k, v in built.model.state_dict().items()}, str(tmp))
-    return _row(cfg, built, run_dir, status="finished", summary=summary, wall=wall), extra
+    return _row(cfg, built, run_dir, status="finished", summary=summary, wall=wall, cost=cost), extra
 
 
 def _start_at(trainer: Trainer, step: int) -> None:
@@ -319,6 +342,8 @@ def _run_levels(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
         summary = _pretrain(cfg, built, rep)
     store, records, history, tag = store_for(cfg), [], [], "dense"
     plan = pruner.plan()
+    cost = RunCost()
+    cost.add(summary["steps"])  # level 0: dense
     for level in range(len(plan) + 1):
         if level > 0:
             history.append(plan[level - 1])
@@ -327,24 +352,36 @@ def _run_levels(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
             pruner.level = level
             if (directory / "summary.json").exists():
                 summary, _ = _load_level(directory, built)
+                rep.message(f"  IMP level {level}/{len(plan)} (sparsity {pruner.masks.sparsity():.4f}): reusing {directory}")
             else:
                 pruner.prune_level(level)
                 if mode == "weights":
                     built.model.load_state_dict(rewind)
                 pruner.enforce()
                 directory.mkdir(parents=True, exist_ok=True)
-                summary = _fit(built, cfg.train, pruner, "train", directory, rep, start_step=k)
+                rep.context = f"IMP level {level}/{len(plan)}, sparsity {pruner.masks.sparsity():.4f}"
+                try:
+                    summary = _fit(built, cfg.train, pruner, "train", directory, rep, start_step=k)
+                finally:
+                    rep.context = ""
                 _save_level(directory, built, summary)
+            cost.add(summary["steps"] - k, _flops_ratio(built))
         records.append({"level": level, "sparsity": pruner.masks.sparsity(), "nnz": pruner.masks.nnz(),
                         **{key: summary[key] for key in ("final_acc", "best_acc", "steps", "wall_time")},
                         "total_wall_time": sum(r["wall_time"] for r in records) + summary["wall_time"]})
         if is_main():
             atomic_write_text(run_dir / "levels.jsonl", "".join(json.dumps(r) + "\n" for r in records))
         if level < len(plan) and is_main():
-            row = _row(cfg, built, run_dir, status="level", summary=summary, wall=records[-1]["total_wall_time"])
+            row = _row(cfg, built, run_dir, status="level", summary=summary, wall=records[-1]["total_wall_time"],
+                       cost=cost)
             row.update(run_id=f"imp-{chain.name}-L{level}-{tag}", target_sparsity=row["achieved_sparsity"])
             store.record(row)
-    return summary, records[-1]["total_wall_time"], {"levels": len(plan)}
+    return summary, records[-1]["total_wall_time"], {"levels": len(plan), "cost": cost}
+
+
+def _flops_ratio(built: Built) -> float:
+    """Forward FLOPs under the current masks relative to dense."""
+    return mask_flops_ratio(built.model, built.input_shape, built.pruner.masks, built.device)
 
 
 def _training_flops(built: Built) -> float | None:
@@ -371,7 +408,7 @@ def _target_sparsity(cfg: ExperimentConfig, built: Built) -> float:
 
 
 def _row(cfg: ExperimentConfig, built: Built, run_dir: Path, status: str, summary: dict | None = None,
-         wall: float = 0.0, error: str | None = None) -> dict[str, Any]:
+         wall: float = 0.0, error: str | None = None, cost: RunCost | None = None) -> dict[str, Any]:
     masks = built.pruner.masks if built.pruner.schedule != "none" else None
     params = count_params(built.model, masks)
     flops = count_flops(built.model, built.input_shape, masks, device=built.device)
@@ -392,7 +429,9 @@ def _row(cfg: ExperimentConfig, built: Built, run_dir: Path, status: str, summar
         "nonzero_params": params["nonzero"],
         "flops": flops["flops"],
         "sparse_flops": flops["sparse_flops"],
-        "train_flops_ratio": _training_flops(built),
+        # the whole run's training (pretraining, IMP's chain, BiP's bi-level steps) vs one dense training
+        "train_flops_ratio": cost.ratio(_total_steps(built, cfg.train)) if cost else _training_flops(built),
+        "train_steps": cost.steps if cost else None,
         "status": status,
         "error": error,
         "run_dir": str(run_dir),

@@ -36,6 +36,7 @@ COLUMNS = {
     "flops": "REAL",
     "sparse_flops": "REAL",
     "train_flops_ratio": "REAL",
+    "train_steps": "INTEGER",
     "status": "TEXT",
     "error": "TEXT",
     "run_dir": "TEXT",
