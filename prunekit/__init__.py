@@ -6,7 +6,7 @@
 """
 from . import data, methods, models, sparsity
 from .errors import PrunekitError
-from .methods import METHODS, create
+from .methods import METHODS, PruneContext, create
 from .sparsity import MaskSet, Targets
 
 __version__ = "0.1.0"
@@ -20,5 +20,5 @@ def run(config, force: bool = False, reporter=None):
     return run_experiment(cfg, force=force, reporter=reporter)
 
 
-__all__ = ["METHODS", "MaskSet", "PrunekitError", "Targets", "__version__", "create", "data", "methods", "models", "run",
+__all__ = ["METHODS", "MaskSet", "PruneContext", "PrunekitError", "Targets", "__version__", "create", "data", "methods", "models", "run",
            "sparsity"]
