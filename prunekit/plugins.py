@@ -7,6 +7,8 @@ groups ``prunekit.models`` / ``prunekit.datasets`` and the recipe uses the entry
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -25,7 +27,7 @@ def load_object(path: str, what: str) -> Any:
         raise ConfigError(f"{what}={path!r} is not an import path; allowed: 'package.module:factory'")
     module_name, _, attr = path.partition(":")
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = _import(module_name)
     except ImportError as e:
         raise ConfigError(f"{what}={path!r}: module {module_name!r} cannot be imported ({e}); allowed: a module "
                           "on the Python path") from None
@@ -36,6 +38,19 @@ def load_object(path: str, what: str) -> Any:
     if not callable(obj):
         raise ConfigError(f"{what}={path!r} is a {type(obj).__name__}, not a factory; allowed: a callable")
     return obj
+
+
+def _import(module_name: str) -> Any:
+    """Import ``module_name``; a module in the current folder is found too (as ``python -m`` would),
+    since the ``prunekit`` script does not put the working directory on the path."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        cwd = os.getcwd()
+        if e.name != module_name.split(".")[0] or cwd in sys.path:
+            raise
+        sys.path.insert(0, cwd)
+        return importlib.import_module(module_name)
 
 
 def entry_point(group: str, name: str) -> Any | None:

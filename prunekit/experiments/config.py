@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ConfigError, PrunekitError, first_line
+from ..modelio import logits_of
 from ..methods import MethodConfig, method_config
 from ..train.config import TrainConfig
 from ..utils.validation import config_error_from
@@ -171,8 +172,8 @@ def check_model_fits(model: torch.nn.Module, model_name: str, dataset: str, inpu
     try:
         with torch.no_grad():
             model.eval()
-            out = model(torch.zeros((2, *input_shape), device=device))
-    except RuntimeError as e:
+            out = logits_of(model(torch.zeros((2, *input_shape), device=device)))
+    except (RuntimeError, TypeError, ValueError) as e:  # a user model's own shape checks raise any of these
         raise ConfigError(
             f"model {model_name!r} does not accept {dataset!r} inputs of shape {tuple(input_shape)}: "
             f"{str(e).splitlines()[0]}; allowed: a model built for {input_shape[0]} input channel(s)"

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..modelio import logits_of
+
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -19,9 +21,9 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
             x = x.contiguous(memory_format=torch.channels_last)
         if autocast is not None:
             with autocast():
-                out = model(x)
+                out = logits_of(model(x))
         else:
-            out = model(x)
+            out = logits_of(model(x))
         out = out.float()
         c = (out.argmax(1) == y).sum()
         ls = F.cross_entropy(out, y, reduction="sum")

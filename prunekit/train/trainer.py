@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import CheckpointError, NumericError, first_line
 from ..distributed import TrainerSync, is_main, wrap_model
+from ..modelio import logits_of
 from ..utils.io import atomic_write_text, remove_stale_temps
 from .checkpoint import load_checkpoint, load_module_state, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
@@ -183,9 +184,9 @@ class Trainer:
             pruner.before_step(step)
         if autocast is not None:
             with autocast():
-                out = self.forward(x)
+                out = logits_of(self.forward(x))
         else:
-            out = self.forward(x)
+            out = logits_of(self.forward(x))
         loss = F.cross_entropy(out.float(), y, label_smoothing=self.cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
