@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..modelio import DEFAULT_IO, ModelIO
 from ..sparsity import MaskSet, allocate, num_keep, topk_mask
+from ..sparsity.targets import unit_dim
 from .base import MethodConfig, PruneContext, Pruner
 from .registry import METHODS
 
@@ -133,8 +134,8 @@ class ScoreBank:
         self._warm = WarmTopK(self.total_keep) if p0.device.type == "cpu" else None
         shapes = {n: tuple(s) for n, s in zip(self.names, self.shapes)}
         per_layer = allocate("uniform" if allocation == "global" else allocation, shapes, sparsity)
-        dim = {"filter": 0, "channel": 1}.get(structure)
-        units = [s.numel() if dim is None else s[dim] for s in self.shapes]
+        self.dims = [None if structure == "unstructured" else unit_dim(pruner.model, n, structure) for n in self.names]
+        units = [s.numel() if dim is None else s[dim] for s, dim in zip(self.shapes, self.dims)]
         self.layer_keep = [num_keep(u, per_layer[n]) for u, n in zip(units, self.names)]
 
     def views(self, flat: Tensor) -> list[Tensor]:
@@ -169,8 +170,7 @@ class ScoreBank:
             for s, out, k in zip(self.scores_v, self.keep_v, self.layer_keep):
                 topk_mask(s.abs(), k, out=out)
         else:
-            dim = 0 if self.structure == "filter" else 1
-            for s, out, k in zip(self.scores_v, self.keep_v, self.layer_keep):
+            for s, out, k, dim in zip(self.scores_v, self.keep_v, self.layer_keep, self.dims):
                 other = [d for d in range(s.dim()) if d != dim]
                 unit = s.float().pow(2).sum(dim=other).sqrt()
                 shape = [1] * s.dim()

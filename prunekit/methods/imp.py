@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..sparsity import MaskSet, allocate, num_keep, topk_mask
+from ..sparsity.targets import unit_dim
 from .base import PruneContext, Pruner
 from .hydra import ScoreConfig
 from .registry import METHODS
@@ -59,14 +60,15 @@ class IMP(Pruner):
         super().__init__(model, config)
         self.level = 0
         self.rewind_state: dict[str, Tensor] | None = None
-        self._dim = {"filter": 0, "channel": 1}.get(config.structure)
-        self._global = self._dim is None and config.allocation == "global"
+        structured = config.structure != "unstructured"
+        self._dims = [unit_dim(model, n, config.structure) if structured else None for n in self.masks.names()]
+        self._global = not structured and config.allocation == "global"
 
     schedule = "iterative"
 
     # --- the level plan ------------------------------------------------------------------------
     def _units(self) -> list[int]:
-        return [m.numel() if self._dim is None else m.shape[self._dim] for m in self.masks.values()]
+        return [m.numel() if dim is None else m.shape[dim] for m, dim in zip(self.masks.values(), self._dims)]
 
     def plan(self) -> list[tuple[int, ...]]:
         """Kept counts per level 1..L: one total (global) or one per layer (weights or units)."""
@@ -95,16 +97,16 @@ class IMP(Pruner):
             flat = topk_mask(torch.cat([s.reshape(-1) for s in scores]), keep[0])
             for m, part in zip(masks, flat.split(sizes)):
                 m.copy_(part.view(m.shape))
-        elif self._dim is None:
+        elif self._dims[0] is None:
             for s, m, k in zip(scores, masks, keep):
                 topk_mask(s, k, out=m)
         else:
-            for p, m, k in zip(params, masks, keep):
-                other = [d for d in range(p.dim()) if d != self._dim]
+            for p, m, k, dim in zip(params, masks, keep, self._dims):
+                other = [d for d in range(p.dim()) if d != dim]
                 unit = p.detach().float().pow(2).sum(dim=other).sqrt()
                 alive = m.any(dim=other)
                 shape = [1] * p.dim()
-                shape[self._dim] = -1
+                shape[dim] = -1
                 m.copy_(topk_mask(torch.where(alive, unit, -torch.inf), k).view(shape).expand_as(m))
         self.enforce()
 

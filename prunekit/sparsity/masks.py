@@ -40,7 +40,8 @@ class MaskSet:
         """All-ones masks over the prunable weights of ``model``; bound to ``model``."""
         params = resolve_targets(targets).select(model)
         if not params:
-            raise MaskError(f"no prunable weights in {type(model).__name__} under the targets policy")
+            raise MaskError(f"no prunable weights in {type(model).__name__} under the targets policy "
+                            f"{resolve_targets(targets)}; `prunekit targets MODEL` lists why each parameter is dense")
         ms = cls({n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()})
         return ms.bind(model)
 

@@ -60,7 +60,7 @@ def _module_weights(module: nn.Module) -> list[tuple[str, str]]:
     if isinstance(module, nn.Linear):
         return [("weight", "linear")]
     if isinstance(module, nn.MultiheadAttention):
-        return [(a, "linear") for a in MHA_WEIGHTS if getattr(module, a, None) is not None]
+        return [(a, "linear") for a in MHA_WEIGHTS if getattr(module, a, None) is not None]  # q, k, v packed
     conv1d = hf_conv1d_type()
     if conv1d is not None and isinstance(module, conv1d):
         return [("weight", "linear")]
@@ -115,6 +115,11 @@ class Targets:
                 f"targets.layers={self.layers!r} is not allowed; allowed: {', '.join(LAYER_KINDS)}"
             )
 
+    def __str__(self) -> str:
+        changed = {k: v for k, v in self.__dict__.items() if v != Targets.__dataclass_fields__[k].default
+                   and not (v == () and k in ("include", "exclude", "params"))}
+        return "Targets(" + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + ")"
+
     def select(self, model: nn.Module) -> dict[str, nn.Parameter]:
         """Ordered ``{parameter name: weight}`` of the prunable weights of ``model``."""
         named = dict(model.named_parameters())
@@ -156,6 +161,8 @@ class Targets:
         if pid in layer_of:
             mname, module, kind = layer_of[pid]
             what = f"{type(module).__name__} weight"
+            if isinstance(module, nn.MultiheadAttention) or (weight_layout(module) == "in_out" and "attn" in mname):
+                what += " (q, k, v packed: one layer for per-layer budgets)"
             if pid in embedding_ids and not self.embeddings:
                 return f"{what}, an embedding (targets.embeddings=true prunes it)", False
             if kind != "embedding" and kind not in kinds:
@@ -176,6 +183,22 @@ class Targets:
         if hit is not None:
             return f"excluded by targets.exclude {hit!r}", False
         return what, True
+
+
+def unit_dim(model: nn.Module, name: str, structure: str) -> int:
+    """The axis of weight ``name`` that holds its filters (output units) or channels (input units).
+
+    PyTorch's conv/linear weights are ``[out, in, ...]``; Hugging Face's ``Conv1D`` stores ``[in, out]``;
+    packed attention projections (``in_proj_weight``) stack q, k and v on the output axis, so a "filter"
+    there is one q, k or v row, not a head, and those are refused for whole-unit structures.
+    """
+    module_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(module_name) if module_name else model
+    if attr in MHA_WEIGHTS:
+        raise ConfigError(f"structure={structure!r} on {name!r}: a packed attention projection has no per-unit "
+                          "layout; allowed: the structured method (whole heads), or targets.exclude it")
+    axis = {"filter": 0, "channel": 1}[structure]
+    return 1 - axis if weight_layout(module) == "in_out" else axis
 
 
 def targets_table(rows: list[TargetRow], dense_only: bool = False) -> str:
