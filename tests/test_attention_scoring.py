@@ -110,17 +110,6 @@ def test_math_kernel_only_inside_the_scorer():
         torch.autograd.grad(g.sum(), x)
 
 
-def test_grasp_and_prospr_methods_on_the_zoo_vit():
-    model = pk.models.create("vit_small_patch4", num_classes=10)
-    g = torch.Generator().manual_seed(0)
-    data = [(torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g))]
-    ctx = PruneContext(batches=data)
-    for name, extra in (("grasp", {"num_samples": 8}), ("prospr", {"num_samples": 8, "inner_steps": 1})):
-        pruner = pk.create(name, model, sparsity=0.9, **extra)
-        pruner.prune(ctx)
-        assert pruner.masks.nnz() == pruner.masks.numel() - int(0.9 * pruner.masks.numel())
-
-
 hf = pytest.importorskip("transformers")
 
 
@@ -139,3 +128,123 @@ def test_grasp_on_hf_bert_sdpa_equals_eager_attention():
     data = [(torch.randint(0, 50, (4, 7), generator=g), torch.randint(0, 3, (4,), generator=g))]
     a, b = pk.MaskSet.from_model(sdpa), pk.MaskSet.from_model(eager)
     assert_same_scores(grasp_scores(sdpa, a, data), grasp_scores(eager, b, data))
+
+
+# --- path methods on attention and on token-id models ----------------------------------------------------
+
+from prunekit.diagnostics import effective_masks  # noqa: E402
+from prunekit.errors import ModelError  # noqa: E402
+from prunekit.scoring import PathCounter, synflow_scores  # noqa: E402
+from prunekit.scoring.attention import attention_projections  # noqa: E402
+
+ATTN = [f"blocks.{b}.self_attention.{p}.weight" for b in range(2) for p in "qkv"]
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_attention_projections_found_through_sdpa_and_explicit_softmax(monkeypatch, explicit):
+    if explicit:
+        monkeypatch.setattr(SelfAttention, "forward", explicit_attention)
+    roles = attention_projections(tiny_vit().float(), torch.ones(1, 3, 8, 8))
+    assert roles == {n: {"query" if ".q." in n else "key" if ".k." in n else "value"} for n in ATTN}
+
+
+@pytest.mark.parametrize("attention, dense", [("reference", ATTN), ("paths", [n for n in ATTN if ".v." not in n])])
+def test_dpai_on_vit_keeps_attention_dense_as_the_reference_and_every_other_layer_effective(attention, dense):
+    model = tiny_vit().float()
+    pruner = pk.create("dpai", model, sparsity=0.9, steps=20, seed=0, input_shape=(3, 8, 8), attention=attention)
+    pruner.prune()
+    assert sorted(pruner.kept_dense) == sorted(dense) and not set(dense) & set(pruner.masks.names())
+    assert all(f"kept dense by dpai: {n}" in pruner.report() for n in dense)
+    for n, m in pruner.masks.items():  # the ERK budgets over the remaining layers, exactly
+        assert int(m.sum()) == m.numel() - int(pruner.layer_zeros()[pruner.masks.names().index(n)])
+    eff = effective_masks(model, pruner.masks, (3, 8, 8))
+    assert all(int(e.sum()) > 0 for e in eff.values())  # no layer left without an effective weight
+    fresh = pk.create("dpai", tiny_vit().float(), sparsity=0.9, steps=20, seed=0, attention=attention)
+    fresh.load_state_dict(pruner.state_dict())  # a resumed run narrows its masks the same way
+    assert fresh.masks.names() == pruner.masks.names() and fresh.masks.checksum().equal(pruner.masks.checksum())
+
+
+def test_phew_on_vit_walks_the_value_path_with_query_key_dense():
+    model = tiny_vit().float()
+    pruner = pk.create("phew", model, sparsity=0.8, seed=0, input_shape=(3, 8, 8))
+    pruner.prune()
+    assert sorted(pruner.kept_dense) == sorted(n for n in ATTN if ".v." not in n)
+    assert pruner.masks.nnz() == pruner.masks.numel() - int(0.8 * pruner.masks.numel())
+    assert all(int(m.sum()) > 0 for m in pruner.masks.values())
+
+
+class TokenNet(nn.Module):
+    """Token embedding + position embedding -> (LayerNorm) -> Linear -> mean over positions."""
+
+    def __init__(self, vocab=5, dim=3, length=4, norm=False):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, dim), nn.Embedding(length, dim)
+        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
+        self.fc = nn.Linear(dim, 2)
+
+    def forward(self, ids):
+        h = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
+        return self.fc(self.norm(h)).mean(1)
+
+
+def test_path_count_starts_at_the_embedding_output():
+    # every embedding dimension has V = 5 paths (one-hot Linear on all ones), positions add none:
+    # 5 paths x 3 dims into each of 2 outputs at each of 4 positions, averaged over the positions -> 30
+    model = TokenNet()
+    with PathCounter(model, ["fc.weight"], (4,), dtype=torch.float64) as pc:
+        assert float(pc.log_paths_unscaled([torch.ones(2, 3, dtype=torch.float64)])) == pytest.approx(math.log(30))
+
+
+def test_synflow_on_token_ids_equals_the_one_hot_linear_model():
+    torch.manual_seed(0)
+    tokens = TokenNet(norm=True)
+
+    class OneHot(nn.Module):  # the same network with the token embedding as a Linear over one-hot inputs
+        def __init__(self):
+            super().__init__()
+            self.tok = nn.Linear(5, 3, bias=False)
+            self.pos, self.norm, self.fc = tokens.pos, tokens.norm, tokens.fc
+
+        def forward(self, x):
+            return self.fc(self.norm(self.tok(x) + self.pos(torch.arange(x.shape[1])))).mean(1)
+
+    onehot = OneHot()
+    with torch.no_grad():
+        onehot.tok.weight.copy_(tokens.tok.weight.t())
+    a = synflow_scores(tokens, pk.MaskSet.from_model(tokens), (4,))["fc.weight"]
+    b = synflow_scores(onehot, pk.MaskSet({"fc.weight": torch.ones(2, 3)}).bind(onehot), (4, 5))["fc.weight"]
+    assert torch.allclose(a, b, rtol=1e-5) and float(a.min()) > 0  # the LayerNorm did not zero the count
+
+
+def test_degenerate_path_counts_are_refused():
+    zero_head = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    nn.init.zeros_(zero_head[2].weight)
+    with pytest.raises(ModelError, match="every score is zero"):
+        pk.create("synflow", zero_head, sparsity=0.5, input_shape=(4,), rounds=2).prune()
+
+    class Killer(nn.Module):  # a module path counting does not know, mapping everything to zero
+        def forward(self, x):
+            return x * 0
+
+    dead = nn.Sequential(nn.Linear(4, 4), Killer(), nn.Linear(4, 2))
+    for name in ("dpai", "npb"):
+        with pytest.raises(ModelError, match="path count of the dense network is zero or not finite"):
+            pk.create(name, dead, sparsity=0.5, input_shape=(4,), seed=0).prune()
+
+
+@pytest.mark.parametrize("name", ["synflow", "dpai", "phew", "npb"])
+def test_data_free_methods_on_a_hf_token_model(name):
+    cfg = hf.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16, num_labels=3)
+    torch.manual_seed(0)
+    model = hf.BertForSequenceClassification(cfg).eval()
+    data = [(torch.randint(0, 50, (4, 7)), torch.randint(0, 3, (4,)))]
+    settings = {"synflow": {"rounds": 3}, "dpai": {"steps": 10, "seed": 0}}.get(name, {"seed": 0})
+    pruner = pk.create(name, model, sparsity=0.8, **settings)
+    pruner.prune(PruneContext(batches=data))
+    assert 0.79 < pruner.masks.sparsity() <= 0.8
+    if name in ("dpai", "phew"):
+        assert all(".attention.self.query." in n or ".attention.self.key." in n or ".attention.self.value." in n
+                   for n in pruner.kept_dense)
+    logits = model(data[0][0]).logits
+    assert torch.isfinite(logits).all()

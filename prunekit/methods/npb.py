@@ -132,6 +132,7 @@ class NPB(DataFreePruner):
         max_p = cfg.max_p
         rows: list[dict] = []
         with PathCounter(self.model, names, shape, dtype=torch.float64) as pc, torch.no_grad():
+            pc.check_dense(self.name)
             for i, layer in enumerate(chain):
                 paths = input_paths(pc, self.model, layer, [current[n] for n in names])
                 role = self._role(layer, i)

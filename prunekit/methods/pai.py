@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from pydantic import model_validator
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelError
 from ..modelio import batch_to, concat_batches
 from ..scoring import SynFlowScorer, grasp_scores, snip_scores
 from ..scoring.prospr import prospr_scores
@@ -54,6 +54,14 @@ class PaIConfig(MethodConfig):
         if self.rounds < 1:
             raise ValueError(f"rounds={self.rounds} is not allowed; allowed: an integer >= 1")
         return self
+
+
+def check_scores(flat: torch.Tensor, what: str) -> None:
+    """Refuse scores that cannot rank anything (all zero, or not finite): top-k would pick among ties."""
+    if not bool(torch.isfinite(flat).all()) or not bool(flat.any()):
+        raise ModelError(f"{what}: every score is {'zero' if bool(torch.isfinite(flat).all()) else 'not finite'} "
+                         "on this model (its output does not depend on the pruned weights through positive "
+                         "paths, e.g. a zero-initialised head); the mask would be a choice among ties")
 
 
 def round_sparsity(target: float, r: int, rounds: int, schedule: str) -> float:
@@ -217,6 +225,8 @@ class SynFlow(ScorePaI):
         select = SegmentTopK([keep.numel()], keep.device)
         for r in range(1, cfg.rounds + 1):
             s = scorer.flat_scores(keep)
+            if r == 1:
+                check_scores(s, self.name)
             if cfg.invert:
                 s = s.neg_()
             sparsity = round_sparsity(target, r, cfg.rounds, cfg.rounds_schedule)

@@ -202,8 +202,9 @@ class PathCounter:
         with torch.no_grad():
             log_p = float(self.log_paths(dense))
         if not math.isfinite(log_p):
-            raise ModelError(f"{what}: the path count of the dense network is {'0' if log_p < 0 else log_p}: some "
-                               f"module maps the all-ones input to zero or overflows; path counting does not apply")
+            raise ModelError(f"{what}: the path count of the dense network is zero or not finite (log {log_p}): "
+                             "a module maps the all-ones input to zero, or the count overflows; path counting "
+                             "does not apply to this model")
 
     def log_paths(self, weights: Sequence[Tensor]) -> Tensor:
         """``log(sum(out)) + sum_l log(max_l)`` with per-layer input rescaling (DPaI ``NPB_objective``)."""

@@ -70,10 +70,10 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], skip: Collection[
     layers = {id(m): n for n, m in model.named_modules()
               if isinstance(m, PATH_LAYERS) and isinstance(getattr(m, "weight", None), Tensor)
               and (f"{n}.weight" if n else "weight") not in skip}
+    probe = model_probe(model, input_shape)
     calls: list[tuple[nn.Module, object]] = []
     handles = [m.register_forward_pre_hook(lambda mod, args: calls.append((mod, args[0] if args else None)))
                for m in model.modules() if id(m) in layers]
-    probe = model_probe(model, input_shape)
     try:
         with torch.no_grad(), train_mode(model, False):
             call_model(model, probe)

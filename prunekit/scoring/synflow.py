@@ -7,6 +7,11 @@ in eval mode on one all-ones input, ``R = sum(output)``, and the score of a prun
 ``|w * dR/dw|`` with the current mask applied (pruned weights score 0). The reference runs in float32
 (its ``model.double()`` is commented out); ``dtype=torch.float64`` is an option.
 
+A token-id model (an ``nn.Embedding`` reads the input) is fed token ids; the input embedding acts as the
+Linear layer over the one-hot vocabulary it is, so the all-ones input gives ``|E|.sum(0)`` at every
+position (:mod:`prunekit.scoring.tokens`); position and token-type lookups stay as they are (absolute
+values, like biases). The output may be a Hugging Face ``ModelOutput`` (:func:`prunekit.modelio.logits_of`).
+
 Here the model is never modified: the rounds run on a deep copy whose state is made non-negative once,
 with the prunable weights replaced by views of one flat tensor, so a round is one forward/backward of the
 copy and a handful of whole-model tensor operations (no per-round re-parametrisation).
@@ -19,7 +24,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..modelio import call_model, logits_of
 from ..sparsity import MaskSet
+from .tokens import input_embeddings, probe_input, summed_lookup
 
 
 class SynFlowScorer:
@@ -55,7 +62,11 @@ class SynFlowScorer:
             module = self.net.get_submodule(owner)
             del module._parameters[leaf]  # becomes a plain attribute: a view of ``flat``, set every round
             self.slots.append((module, leaf))
-        self.ones = torch.ones((1, *input_shape), dtype=dtype, device=self.flat.device)
+        embeddings = input_embeddings(model, input_shape)
+        for name in embeddings:
+            module = self.net.get_submodule(name)
+            module.forward = summed_lookup(lambda m=module: m.weight)  # a view of ``flat`` when it is pruned
+        self.ones = probe_input(input_shape, bool(embeddings), self.flat.device, dtype)
 
     def flat_scores(self, keep: Tensor | None = None) -> Tensor:
         if keep is not None:
@@ -65,7 +76,7 @@ class SynFlowScorer:
         # attribute now, so the instance dict is set directly (nn.Module.__setattr__'s checks cost ~2 µs)
         for (module, leaf), v, shape in zip(self.slots, self.flat.split(self.numels), self.shapes):
             module.__dict__[leaf] = v.view(shape)
-        (grad,) = torch.autograd.grad(self.net(self.ones).sum(), self.flat)
+        (grad,) = torch.autograd.grad(logits_of(call_model(self.net, self.ones)).sum(), self.flat)
         return torch.mul(grad, self.flat.detach(), out=self._scores).abs_()
 
     def scores(self, keep: Tensor | None = None) -> dict[str, Tensor]:
