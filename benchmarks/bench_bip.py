@@ -18,7 +18,7 @@ import statistics
 
 import torch
 
-from .timing import record, timed
+from .timing import record, record_versus, timed
 import torch.nn.functional as F
 
 import prunekit as pk
@@ -143,17 +143,23 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(2):
             fn()
     ratios: dict[str, list[float]] = {"bip": [], "reference": []}
+    raw: dict[str, list[float]] = {name: [] for name in sides}
     for r in range(args.repeats):
         order = list(sides) if r % 2 == 0 else list(sides)[::-1]
         times = {name: timed(sides[name], device) for name in order}
         for name in ratios:
             ratios[name].append(times[name] / times["sgd2"])
+        for name in sides:
+            raw[name].append(times[name])
     print(f"resnet20s, batch {args.batch_size}, {device}, {args.repeats} repeats "
           f"(threads: {torch.get_num_threads()}); time / two plain SGD steps:")
     for name, label in (("bip", "prunekit BiP iteration"), ("reference", "reference-like iteration")):
         v = ratios[name]
         print(f"  {label:<26} min {min(v):.3f}x  median {statistics.median(v):.3f}x  max {max(v):.3f}x")
         record("bip", label, v, 1.3 if name == "bip" else None, "two plain SGD steps (resnet20s)")
+    vs, quiet = record_versus("bip", "prunekit BiP iteration / reference-like iteration", raw["bip"], raw["reference"],
+                              f"the reference-like iteration ({torch.get_num_threads()} thread(s) each)")
+    print(f"  prunekit / reference-like    median {vs:.3f}x  quiet-round median {quiet:.3f}x")
 
 
 if __name__ == "__main__":

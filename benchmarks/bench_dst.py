@@ -26,7 +26,7 @@ import statistics
 
 import torch
 
-from .timing import record, timed
+from .timing import record, record_versus, timed
 import torch.nn.functional as F
 
 import prunekit as pk
@@ -181,28 +181,38 @@ class Bench:
                       [w.grad for w in pruner.masks.params], pruner.drop_fraction_at(UPDATE_STEP), round_up=False)
 
 
-def ratios(bench: Bench, repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Per measure: cost / dense step, and the reference procedure's cost / prunekit's (the speed-up)."""
+def ratios(bench: Bench, repeats: int) -> tuple[dict[str, list[float]], dict[str, tuple[list[float], list[float]]]]:
+    """Per measure: cost / dense step, and the paired times (prunekit, the reference's procedure) of every
+    round, both at this process's thread count, alternating which goes first."""
     device = bench.device
     out = {k: [] for k in TARGETS}
-    speedup = {k: [] for k in TARGETS}
+    pairs = {k: ([], []) for k in TARGETS}
     for _ in range(2):
         bench.dense_step()
-    for _ in range(repeats):
+    for r in range(repeats):
         for key in TARGETS:
             before = timed(bench.dense_step, device)
             if key == "enforce":
-                t = timed(bench.enforce, device, inner=20)
-                t_ref = timed(bench.reference_enforce, device, inner=20)
+                ours = lambda: timed(bench.enforce, device, inner=20)  # noqa: E731
+                theirs = lambda: timed(bench.reference_enforce, device, inner=20)  # noqa: E731
             else:
                 state = bench.granet if key == "granet_update" else bench.rigl
-                t = timed(getattr(bench, key), device)
-                bench.restore(state)
-                t_ref = timed(getattr(bench, f"reference_{key}"), device)
+
+                def ours(key=key, state=state):
+                    t = timed(getattr(bench, key), device)
+                    bench.restore(state)
+                    return t
+
+                def theirs(key=key, state=state):
+                    t = timed(getattr(bench, f"reference_{key}"), device)
+                    bench.restore(state)
+                    return t
+            t, t_ref = (ours(), theirs()) if r % 2 == 0 else tuple(reversed((theirs(), ours())))
             after = timed(bench.dense_step, device)
             out[key].append(t / ((before + after) / 2))
-            speedup[key].append(t_ref / t)
-    return out, speedup
+            pairs[key][0].append(t)
+            pairs[key][1].append(t_ref)
+    return out, pairs
 
 
 def main(argv=None) -> int:
@@ -221,14 +231,17 @@ def main(argv=None) -> int:
         print(f"\n{name}: fast updates == sort-based updates (GraNet exact + reference counting, RigL): ok")
         t_dense = statistics.median(timed(bench.dense_step, device) for _ in range(3))
         print(f"dense step: {t_dense * 1e3:.2f} ms")
-        print(f"{'cost / dense step':<18} {'min':>8} {'median':>8} {'max':>8} {'target':>8}       x faster than the reference")
-        costs, speedups = ratios(bench, args.repeats)
+        print(f"{'cost / dense step':<18} {'min':>8} {'median':>8} {'max':>8} {'target':>8}         "
+              f"time / the reference's: median, quiet median")
+        costs, pairs = ratios(bench, args.repeats)
         for key, values in costs.items():
             med = statistics.median(values)
             flag = "ok" if med <= TARGETS[key] else "MISSED"
             record("dst", f"{name} {key}", values, TARGETS[key], f"dense steps of {name} (batch 128)")
+            vs, quiet = record_versus("dst", f"{name} {key} / reference procedure", *pairs[key],
+                                      f"the reference's procedure on the same state ({args.threads} thread(s) each)")
             print(f"{key:<18} {min(values):>8.4f} {med:>8.4f} {max(values):>8.4f} {TARGETS[key]:>8.2f}  {flag:<6} "
-                  f"{statistics.median(speedups[key]):>6.1f}")
+                  f"{vs:>8.3f} {quiet:>8.3f}")
     return 0
 
 

@@ -23,7 +23,7 @@ import statistics
 
 import torch
 
-from .timing import record, timed
+from .timing import record, record_versus, timed
 import torch.nn.functional as F
 
 import prunekit as pk
@@ -69,6 +69,23 @@ class Bench:
     def method(self, name: str, **settings):
         model = self.fresh()
         return lambda: pk.create(name, model, sparsity=SPARSITY, **settings).prune(PruneContext(batches=self.batches))
+
+    def literal(self, key: str):
+        """The straightforward (reference-like) procedure of ``key`` on a fresh model, scores to masks."""
+        model = self.fresh()
+        masks = pk.MaskSet.from_model(model)
+        if key == "snip_100":
+            return lambda: masks_from_scores(snip_literal(model, masks, self.batches), SPARSITY, "global")
+        if key == "grasp_100":
+            return lambda: masks_from_scores(grasp_literal(model, masks, self.batches), SPARSITY, "global")
+        return lambda: synflow_literal(model, masks, (3, 32, 32), SPARSITY, rounds=100)
+
+    def dpai_literal_iteration(self, steps: int) -> float:
+        device = self.device
+        t0 = timed(lambda: dpai_literal(self.model, self.names, self.zeros, (3, 32, 32), self.scores, steps=0), device)
+        t1 = timed(lambda: dpai_literal(self.model, self.names, self.zeros, (3, 32, 32), self.scores, steps=steps),
+                   device)
+        return max(t1 - t0, 0.0) / steps
 
     # --- equality with the straightforward implementations --------------------------------------
     def literal_and_fast(self, name: str, literal, dtype=torch.float32, **settings):
@@ -130,21 +147,31 @@ def main(argv: list[str] | None = None) -> int:
         b.method("snip")()
         b.method("grasp")()
     timings: dict[str, list[float]] = {k: [] for k in TARGETS}
+    versus: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in TARGETS}
     dense: list[float] = []
-    for _ in range(args.repeats):
+    for r in range(args.repeats):
         for key in TARGETS:
             before = timed(b.dense_step, device)
             if key == "dpai_iteration":
-                t0 = timed(lambda: b.dpai(0), device)
-                t1 = timed(lambda: b.dpai(args.dpai_steps), device)
-                cost = max(t1 - t0, 0.0) / args.dpai_steps
+                def ours() -> float:
+                    t0 = timed(lambda: b.dpai(0), device)
+                    t1 = timed(lambda: b.dpai(args.dpai_steps), device)
+                    return max(t1 - t0, 0.0) / args.dpai_steps
+
+                def theirs() -> float:
+                    return b.dpai_literal_iteration(args.dpai_steps)
             else:
                 name = {"snip_100": "snip", "grasp_100": "grasp", "synflow_100": "synflow"}[key]
                 run = b.method(name, **({} if name == "synflow" else {"num_samples": 100}))
-                cost = timed(run, device)
+                literal = b.literal(key)
+                ours, theirs = (lambda: timed(run, device)), (lambda: timed(literal, device))
+            # the reference-like side runs in the same process at the same thread count, in alternating order
+            cost, ref = (ours(), theirs()) if r % 2 == 0 else tuple(reversed((theirs(), ours())))
             after = timed(b.dense_step, device)
             dense += [before, after]
             timings[key].append(cost / ((before + after) / 2))
+            versus[key][0].append(cost)
+            versus[key][1].append(ref)
     print(f"dense step (unit): median {statistics.median(dense) * 1e3:.1f} ms over {len(dense)} steps "
           f"(min {min(dense) * 1e3:.1f}, max {max(dense) * 1e3:.1f})")
     if max(dense) > 1.5 * min(dense):
@@ -155,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         record("pai", key, ratios, TARGETS[key], "dense steps of cifar_resnet20 (batch 128)")
         print(f"{key:<16} {min(ratios):>7.3f} {med:>7.3f} {max(ratios):>7.3f} {TARGETS[key]:>7.2f}  "
               f"{'yes' if med <= TARGETS[key] else 'NO'}")
+    print(f"time / the reference-like procedure's ({torch.get_num_threads()} thread(s) each, paired rounds):")
+    for key, (ours_t, ref_t) in versus.items():
+        vs, quiet = record_versus("pai", f"{key} / reference-like", ours_t, ref_t,
+                                  f"the straightforward procedure ({torch.get_num_threads()} thread(s) each)")
+        print(f"{key:<16} median {vs:.3f}  quiet-round median {quiet:.3f}")
     return 0 if ok else 1
 
 

@@ -27,17 +27,58 @@ def timed(fn: Callable[[], object], device: torch.device, inner: int = 1) -> flo
     return (time.perf_counter() - t0) / inner
 
 
+QUIET = 1.3  # a round is quiet when both sides ran within this factor of their own fastest round
+
+
+def quiet_rounds(a: list[float], b: list[float]) -> list[int]:
+    """Indices of the paired rounds where both times are within ``QUIET``x of their side's fastest: rounds
+    another process on the machine did not slow down (noisy shared machines)."""
+    fa, fb = min(a), min(b)
+    return [i for i, (x, y) in enumerate(zip(a, b)) if x <= QUIET * fa and y <= QUIET * fb]
+
+
+def quiet_median(a: list[float], b: list[float], ratio: Callable[[float, float], float]) -> float:
+    """Median of ``ratio(a[i], b[i])`` over the quiet rounds (:func:`quiet_rounds`)."""
+    return statistics.median(ratio(a[i], b[i]) for i in quiet_rounds(a, b))
+
+
 def record(bench: str, measure: str, values: list[float], target: float | None, unit: str,
-           at_least: bool = False) -> None:
+           at_least: bool = False, quiet: float | None = None) -> None:
     """Append one measured ratio to the JSON-lines file named by ``PRUNEKIT_BENCH_RESULTS`` (set by
     ``benchmarks.run_all``); without it, nothing. ``values``: one ratio per repeat; the target is an
-    upper bound, or a lower bound with ``at_least``."""
+    upper bound, or a lower bound with ``at_least``; ``quiet``: the quiet-round median where measured."""
     path = os.environ.get("PRUNEKIT_BENCH_RESULTS")
     if not path:
         return
     med = statistics.median(values)
     met = None if target is None else bool(med >= target if at_least else med <= target)
     row = {"bench": bench, "measure": measure, "unit": unit, "repeats": len(values), "min": min(values),
-           "median": med, "max": max(values), "target": target, "at_least": at_least, "met": met}
+           "median": med, "max": max(values), "target": target, "at_least": at_least, "met": met,
+           "quiet": quiet}
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def paired(ours: Callable[[], object], theirs: Callable[[], object], device: torch.device, repeats: int,
+           inner: int = 1) -> tuple[list[float], list[float]]:
+    """Seconds per call of both sides over ``repeats`` paired rounds, alternating which side goes first
+    (both in this process, at the current thread count)."""
+    a, b = [], []
+    for r in range(repeats):
+        if r % 2:
+            b.append(timed(theirs, device, inner))
+            a.append(timed(ours, device, inner))
+        else:
+            a.append(timed(ours, device, inner))
+            b.append(timed(theirs, device, inner))
+    return a, b
+
+
+def record_versus(bench: str, measure: str, ours: list[float], theirs: list[float], unit: str,
+                  target: float | None = None) -> tuple[float, float]:
+    """Record ``ours / theirs`` per paired round (all-round and quiet-round medians); returns both medians."""
+    ratios = [x / y for x, y in zip(ours, theirs)]
+    quiet = quiet_median(ours, theirs, lambda x, y: x / y)
+    record(bench, measure, ratios, target, unit, quiet=quiet)
+    return statistics.median(ratios), quiet
+

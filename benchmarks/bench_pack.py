@@ -1,0 +1,137 @@
+"""Runs per hour: K runs trained as one pack (``PackedTrainer``) against the same K runs one after another.
+
+Each run: a random-ERK mask at its own sparsity (90 / 99 / 99.7 % in turn) and seed, SGD momentum 0.9,
+``--steps`` steps at batch 128 over MNIST-shaped synthetic data (uint8 1x28x28, device-resident
+``TensorLoader``, own shuffling per seed), one evaluation at the end on 2,000 test images; no
+checkpoints. Both sides build their trainers the same way, outside the timed region, and time
+``fit()`` (training and the evaluation) in the same process at the same thread count; each round
+runs both sides, alternating which goes first. Printed per model and K: the median over rounds of
+``sequential time / packed time`` (= packed runs per hour / sequential runs per hour), its min and
+max, and the quiet-round median (rounds where both sides are within 1.3x of their fastest).
+
+Run: ``python -m benchmarks.bench_pack [--repeats 5] [--steps 100] [--threads 1] [--packs 1 2 4 8]``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import prunekit as pk
+from prunekit.data import TensorLoader
+from prunekit.data.arrays import ArrayDataset
+from prunekit.methods import METHODS, PruneContext, method_config
+from prunekit.train import TrainConfig, Trainer
+from prunekit.train.packed import PackedTrainer
+
+from .timing import quiet_median, record, sync
+
+MODELS = {  # name, kwargs, steps multiplier (LeNet-5's step is ~4x LeNet-300-100's)
+    "lenet300_100": {},
+    "lenet5": {"in_channels": 1, "input_size": 28},
+}
+TARGETS = {("lenet300_100", 8): 3.0, ("lenet5", 4): 1.5}  # the performance issue's acceptance figures
+SPARSITIES = (0.9, 0.99, 0.997)
+
+
+def mnist_shaped(n: int, seed: int) -> ArrayDataset:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g)
+    return ArrayDataset(images, torch.randint(0, 10, (n,), generator=g), 10, f"mnist-shaped/{n}")
+
+
+class Runs:
+    """Builds the trainers of K runs (fresh models, masks and loaders each time)."""
+
+    def __init__(self, model: str, steps: int, device: torch.device):
+        self.model, self.steps, self.device = model, steps, device
+        self.train = mnist_shaped(128 * steps, 0)
+        self.test = mnist_shaped(2000, 1)
+        self.cfg = TrainConfig(duration=f"{steps}it", lr=0.05, momentum=0.9, weight_decay=1e-4, eval_every=steps,
+                               schedule="cosine")
+
+    def trainers(self, k: int) -> list[Trainer]:
+        out = []
+        for i in range(k):
+            torch.manual_seed(i)
+            model = pk.models.create(self.model, num_classes=10, **MODELS[self.model]).to(self.device)
+            loader = TensorLoader(self.train, 128, seed=i, device=self.device)
+            test = TensorLoader(self.test, 1000, shuffle=False, device=self.device)
+            pruner = METHODS.get("random")(model, method_config({"name": "random", "allocation": "erk",
+                                                                  "sparsity": SPARSITIES[i % 3]}))
+            pruner.on_init(PruneContext(device=self.device))
+            out.append(Trainer(model, loader, test, self.cfg, pruner=pruner, device=self.device))
+        return out
+
+    def sequential(self, k: int) -> float:
+        trainers = self.trainers(k)
+        sync(self.device)
+        t0 = time.perf_counter()
+        for t in trainers:
+            t.fit()
+        sync(self.device)
+        return time.perf_counter() - t0
+
+    def packed(self, k: int) -> float:
+        trainers = self.trainers(k)
+        sync(self.device)
+        t0 = time.perf_counter()
+        outcomes = PackedTrainer(trainers).fit()
+        sync(self.device)
+        elapsed = time.perf_counter() - t0
+        bad = [o for o in outcomes if isinstance(o, BaseException)]
+        if bad:
+            raise bad[0]
+        return elapsed
+
+
+def measure(runs: Runs, k: int, repeats: int) -> tuple[list[float], list[float]]:
+    runs.sequential(k), runs.packed(k)  # warm-up
+    seq, packed = [], []
+    for r in range(repeats):
+        if r % 2:
+            packed.append(runs.packed(k))
+            seq.append(runs.sequential(k))
+        else:
+            seq.append(runs.sequential(k))
+            packed.append(runs.packed(k))
+    return seq, packed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=100, help="training steps per run (LeNet-5: half)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--packs", type=int, nargs="*", default=[1, 2, 4, 8])
+    ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"device {device}, torch {torch.__version__}, intra-op threads {torch.get_num_threads()} (both sides), "
+          f"repeats {args.repeats}, batch 128, random-ERK masks")
+    print(f"{'model':<14} {'K':>2} {'steps':>5} {'seq s':>7} {'pack s':>7}   {'min':>6} {'median':>6} {'max':>6} "
+          f"{'quiet':>6} {'target':>7}  met")
+    for name in args.models:
+        steps = args.steps if name == "lenet300_100" else max(1, args.steps // 2)
+        runs = Runs(name, steps, device)
+        for k in args.packs:
+            seq, packed = measure(runs, k, args.repeats)
+            ratios = [s / p for s, p in zip(seq, packed)]
+            med, quiet = statistics.median(ratios), quiet_median(seq, packed, lambda s, p: s / p)
+            target = TARGETS.get((name, k))
+            met = "—" if target is None else ("yes" if med >= target else "NO")
+            record("pack", f"{name} K={k} runs/hour packed / sequential", ratios, target,
+                   "K sequential runs (same process, same threads)", at_least=True, quiet=quiet)
+            print(f"{name:<14} {k:>2} {steps:>5} {statistics.median(seq):>7.3f} {statistics.median(packed):>7.3f}   "
+                  f"{min(ratios):>6.3f} {med:>6.3f} {max(ratios):>6.3f} {quiet:>6.3f} "
+                  f"{'—' if target is None else f'>= {target:g}':>7}  {met}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
