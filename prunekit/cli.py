@@ -30,24 +30,33 @@ def method_label(row: dict) -> str:
     return f"{row['method']} ({', '.join(extra)})" if extra else str(row["method"])
 
 
-def results_table(rows: list[dict], title: str = "results", context: bool = True):
-    """A rich table of result rows; ``context=False`` drops recipe/model/dataset (given in the title)."""
+def results_table(rows: list[dict], title: str = "results", context: bool | Sequence[str] = True,
+                  labels: dict[str, str] | None = None):
+    """A rich table of result rows; ``context``: the recipe/model/dataset columns to show (``True``: all,
+    ``False``: none, given in the title); ``labels``: ``{run_id: label}`` instead of :func:`method_label`.
+    Numbers never wrap; text folds onto a second line rather than being cut."""
     from rich.table import Table
 
     table = Table(title=title)
-    columns = (["recipe", "model", "dataset"] if context else []) + [
-        "method", "seed", "sparsity", "final acc", "best acc", "time (s)", "status"]
-    for col in columns:
-        numeric = col in ("seed", "sparsity", "final acc", "best acc", "time (s)")
-        table.add_column(col, justify="right" if numeric else "left", no_wrap=numeric)
-
+    shown = ["recipe", "model", "dataset"] if context is True else list(context or [])
+    columns = shown + ["method", "seed", "sparsity", "final %", "best %", "time s", "status"]
     def fmt(v, f):
         return "—" if v is None else format(v, f)
 
+    body = []
     for r in rows:
-        cells = [str(r["recipe"]), str(r["model"]), str(r["dataset"])] if context else []
-        cells += [method_label(r), str(r["seed"]), fmt(r["achieved_sparsity"], ".4f"), fmt(r["final_acc"], ".2f"),
-                  fmt(r["best_acc"], ".2f"), fmt(r["wall_time"], ".1f"), str(r.get("status", ""))]
+        label = (labels or {}).get(r["run_id"]) or method_label(r)
+        body.append([str(r[c]) for c in shown] + [
+            label, str(r["seed"]), fmt(r["achieved_sparsity"], ".4f"), fmt(r["final_acc"], ".2f"),
+            fmt(r["best_acc"], ".2f"), fmt(r["wall_time"], ".1f"), str(r.get("status", ""))])
+    for i, col in enumerate(columns):
+        numeric = col in ("seed", "sparsity", "final %", "best %", "time s")
+        whole = numeric or col == "status"
+        widest = max([len(col), *(len(cells[i]) for cells in body)])
+        # numbers and status are never cut; a label keeps its line while there is room (28 characters), else folds
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=whole, overflow="fold",
+                         min_width=widest if whole else min(28, widest) if col == "method" else None)
+    for cells in body:
         table.add_row(*cells)
     return table
 
@@ -123,7 +132,22 @@ def cmd_results(args) -> int:
     if not rows:
         print(f"no results in {store.path}")
         return 0
-    _console().print(results_table(rows, title=str(store.path)))
+    from rich import box
+    from rich.console import Console
+
+    from .report.groups import labels, series_key, settings
+
+    # fit the terminal: model/dataset columns that are the same for every row go to the title, labels name
+    # only what differs
+    varying = ["recipe"] + [c for c in ("model", "dataset") if len({r[c] for r in rows}) > 1]
+    same = [f"{c} {rows[0][c]}" for c in ("model", "dataset") if c not in varying]
+    names = labels({series_key(r): settings(r) for r in rows})
+    by_run = {r["run_id"]: names[series_key(r)] for r in rows}
+    title = f"{store.path}: {len(rows)} rows" + (f" ({', '.join(same)})" if same else "")
+    table = results_table(rows, title=title, context=varying, labels=by_run)
+    table.box, table.padding, table.pad_edge = box.SIMPLE_HEAD, (0, 1), False  # thin rules: room for the columns
+    table.collapse_padding = True
+    Console(highlight=False).print(table)
     return 0
 
 
@@ -166,10 +190,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-            args.overrides = [*(args.overrides or []), *extra]
-        else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        takes = hasattr(args, "overrides")
+        bad = [e for e in extra if not (takes and "=" in e and not e.startswith("-"))]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        args.overrides = [*(args.overrides or []), *extra]
     return args
 
 

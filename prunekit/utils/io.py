@@ -1,7 +1,8 @@
 """Atomic file writes: write to a temporary file in the same directory, fsync, rename.
 
 A reader (or a resumed run) therefore sees either the old file or the complete new one, never a
-half-written file, even if the process is killed mid-write.
+half-written file, even if the process is killed mid-write. The file gets the mode any ``open()`` would
+give it (0666 less the umask: 0644 by default), not the temporary file's private 0600.
 """
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would hide reports from collaborators
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -32,6 +36,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (``/proc/self/status`` on Linux: no window in which
+    another thread would create files with a different mask); elsewhere set and restored at once."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
