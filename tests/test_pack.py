@@ -9,7 +9,7 @@ import torch
 from prunekit.errors import PackError
 from prunekit.experiments import build_config
 from prunekit.experiments.runner import Built, _context
-from prunekit.train import Trainer
+from prunekit.train import Trainer, build_optimizer, build_scheduler
 from prunekit.train.packed import PackedTrainer, train_packed
 
 STEPS = 50
@@ -175,3 +175,27 @@ def test_refusals_are_one_line():
         PackedTrainer([ok, other])
     with pytest.raises(PackError, match="shares? parameters"):
         PackedTrainer([ok, ok])
+
+
+@pytest.mark.parametrize("schedule", [{"schedule": "constant"}, {"schedule": "cosine"}, {"schedule": "cosine_bip"},
+                                      {"schedule": "multistep", "milestones": [1, 2], "gamma": 0.5},
+                                      {"schedule": "warmup_cosine", "warmup_steps": 7}])
+def test_lr_per_step_and_scheduler_state_are_lambdalrs(schedule):
+    """The loops set the LR only where the schedule can change it; every step's LR and the checkpointed
+    scheduler state are still exactly those of stepping ``LambdaLR`` once per step."""
+    cfgs = _configs(FAMILIES["snip"], seeds=(0, 1), duration="100it", **schedule)  # 45 steps per epoch
+    alone, packed = _trainer(cfgs[0]), [_trainer(c) for c in cfgs]
+    alone.fit()
+    train_packed(packed)
+    opt = build_optimizer(cfgs[0].train, [torch.nn.Parameter(torch.zeros(1))])
+    ref = build_scheduler(cfgs[0].train, opt, alone.steps_per_epoch, alone.total_steps)
+    expected = []
+    for _ in range(alone.total_steps):
+        opt.step()
+        ref.step()
+        expected.append(opt.param_groups[0]["lr"])
+    assert [r["lr"] for r in alone.history] == expected
+    assert all([r["lr"] for r in t.history] == expected for t in packed)
+    for t in (alone, *packed):
+        assert t.scheduler.state_dict() == ref.state_dict()
+

@@ -50,3 +50,26 @@ def lr_factor_fn(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> Ca
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor_fn(cfg, steps_per_epoch, total_steps))
+
+
+def lr_change_period(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps between changes of the LR factor: 0 never (``constant``), 1 every step
+    (``warmup_cosine``), else one epoch (the per-epoch schedules only move at epoch boundaries)."""
+    if cfg.schedule == "constant":
+        return 0
+    return 1 if cfg.schedule == "warmup_cosine" else max(1, steps_per_epoch)
+
+
+def set_lr_(optimizer: torch.optim.Optimizer, scheduler, factor: float) -> None:
+    """What ``LambdaLR.step()`` writes into the param groups (``base_lr * factor``), without its per-call
+    bookkeeping: the training loops call it only where the factor can change (:func:`lr_change_period`)."""
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base * factor
+
+
+def sync_scheduler_(scheduler, optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Bring ``scheduler``'s state to what ``step`` calls of ``step()`` leave (before a checkpoint)."""
+    scheduler.last_epoch = step
+    scheduler._step_count = step + 1
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ..data.loader import TensorLoader
 from ..errors import PackError
 from ..methods.base import Pruner
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, set_lr_, sync_scheduler_
 from .trainer import Trainer
 
 
@@ -189,7 +189,7 @@ class PackedTrainer:
         active = self._active()
         for m in active:
             m.losses = torch.empty(end - start, device=self.device)
-        spe = self.steps_per_epoch
+        spe, lead = self.steps_per_epoch, self.trainers[0]
         t0 = time.perf_counter()
         step = start
         for batches in self._batches(start, end - start):
@@ -218,7 +218,8 @@ class PackedTrainer:
                 if m.after_optimizer_step is not None:
                     self._guard(m, m.after_optimizer_step, step)
                 m.losses[i] = loss.detach()
-            self.scheduler.step()
+            if lead.lr_period and step % lead.lr_period == 0:
+                set_lr_(self.optimizer, self.scheduler, lead.lr_factor(step))
             if step % spe == 0:
                 for m in active:
                     if m.pruner is not None:
@@ -233,6 +234,7 @@ class PackedTrainer:
                 if not active:
                     return
         share = (time.perf_counter() - t0) / max(1, len(active))  # each member's share of the pack's time
+        sync_scheduler_(self.scheduler, self.optimizer, step)
         lr = self.optimizer.param_groups[0]["lr"]
         sched_state = self.scheduler.state_dict()
         for m in active:

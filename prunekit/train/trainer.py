@@ -30,7 +30,7 @@ from ..utils.io import atomic_write_text, remove_stale_temps
 from .checkpoint import load_checkpoint, load_module_state, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .evaluate import evaluate
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, lr_change_period, lr_factor_fn, set_lr_, sync_scheduler_
 
 
 def uses_channels_last(cfg: TrainConfig, model: nn.Module) -> bool:
@@ -79,6 +79,8 @@ class Trainer:
         self.total_steps = n * self.steps_per_epoch if unit == "ep" else n
         self.optimizer = build_optimizer(cfg, model.parameters())
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch, self.total_steps)
+        self.lr_factor = lr_factor_fn(cfg, self.steps_per_epoch, self.total_steps)
+        self.lr_period = lr_change_period(cfg, self.steps_per_epoch)
         if pruner is not None:
             pruner.attach(self.optimizer)
         self.channels_last = uses_channels_last(cfg, model)
@@ -149,12 +151,13 @@ class Trainer:
         sync = self.sync
         if sync is not None:
             sync.start()
+        spe, lr_period, progress = self.steps_per_epoch, self.lr_period, self.progress
         for end in self.boundaries():
             if end <= self.step:
                 continue
             t0 = time.perf_counter()
             start = self.step
-            losses = torch.empty(end - start, device=self.device)  # checked once per segment: no host sync
+            losses: list[torch.Tensor] = []  # stacked and checked once per segment: no host sync per step
             for x, y in self._batches(start, end - start):
                 self.step += 1
                 step = self.step
@@ -164,16 +167,19 @@ class Trainer:
                     loss = custom_step(x, y, self.optimizer, step)
                 else:
                     loss = self._train_step(x, y, step, autocast)
-                self.scheduler.step()
+                if lr_period and step % lr_period == 0:  # LambdaLR.step()'s values, only where they change
+                    set_lr_(self.optimizer, self.scheduler, self.lr_factor(step))
                 if sync is not None:
                     sync.after_step(step)
-                losses[step - start - 1] = loss.detach()
-                if pruner is not None and step % self.steps_per_epoch == 0:
-                    pruner.on_epoch_end(step // self.steps_per_epoch - 1)
-                if self.progress is not None and (step % 10 == 0 or step == end):
-                    self.progress(step, self.total_steps)
+                losses.append(loss.detach())
+                if pruner is not None and step % spe == 0:
+                    pruner.on_epoch_end(step // spe - 1)
+                if progress is not None and (step % 10 == 0 or step == end):
+                    progress(step, self.total_steps)
             self.wall_time += time.perf_counter() - t0
-            self._end_segment(start, losses, autocast)
+            sync_scheduler_(self.scheduler, self.optimizer, self.step)
+            self._end_segment(start, torch.stack(losses) if losses else torch.empty(0, device=self.device),
+                              autocast)
         if pruner is not None:
             pruner.on_train_end()
         return self.summary()
