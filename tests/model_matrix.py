@@ -132,10 +132,11 @@ class MatrixModel:
     build: Callable[[], nn.Module]
     batch: Callable[[torch.Generator], tuple]  # one (x, y) batch
     what: str
+    lr: float = 0.05  # SGD with momentum 0.9 on one fixed batch
 
 
-def _images(g):
-    return torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
+def _images(g, size: int = 32):
+    return torch.randn(8, 3, size, size, generator=g), torch.randint(0, 10, (8,), generator=g)
 
 
 def _sentences(g):
@@ -151,8 +152,9 @@ MODELS = [
     MatrixModel("resnet_downsample", TinyResNet, _images, "torchvision-style bottleneck ResNet with `downsample`"),
     MatrixModel("mobilenet_dw", TinyMobileNet, _images, "depthwise 3x3 + pointwise 1x1 blocks, a groups=4 conv"),
     MatrixModel("vit_mha", MHAViT, _images, "ViT built on `nn.MultiheadAttention` (packed `in_proj_weight`)"),
-    MatrixModel("vit_small_patch4", lambda: pk.models.create("vit_small_patch4"), _images,
-                "the zoo's CIFAR ViT (separate q/k/v/out linears, SDPA)"),
+    MatrixModel("vit_small_patch4", lambda: pk.models.create("vit_small_patch4", input_size=16),
+                lambda g: _images(g, 16), "the zoo's CIFAR ViT (separate q/k/v/out linears, SDPA), 16x16 inputs",
+                lr=0.01),
     MatrixModel("hf_bert", _bert, _sentences, "HF `BertForSequenceClassification` (token ids in, `ModelOutput` out)"),
     MatrixModel("hf_gpt2", _gpt2, _next_tokens, "HF `GPT2LMHeadModel` (`Conv1D`, `lm_head` tied to `wte`)"),
 ]
@@ -218,7 +220,7 @@ def run_cell(model_spec: MatrixModel, method: str) -> Outcome:
             if pruner.schedule != "during":
                 _check_sparsity(pruner)
             x, y = batches[0]
-            opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+            opt = torch.optim.SGD(model.parameters(), lr=model_spec.lr, momentum=0.9)
             own_step = getattr(pruner, "train_step", None)
             if own_step is None:
                 opt = pruner.wrap(opt)
@@ -259,12 +261,6 @@ refusal("lap-attention", r"is attention; the lookahead and per-layer Hessian",
         "LAP's lookahead scores a weight with the weights of the layers before and after it in a sequential "
         "conv/linear chain (and OBD, its baseline, needs per-layer Hessians of such a chain); attention breaks "
         "the chain (q, k and v do not feed each other). `mp`, `mp_global` and `rp` prune these models.")
-refusal("lap-grouped", r"LAP: .* has \d+ (outputs|inputs), its (next|previous) layer",
-        "LAP's lookahead multiplies a layer's weights with its neighbours' per channel; a depthwise or grouped "
-        "convolution reads one input channel per group, so the neighbour counts do not line up (not yet "
-        "implemented for grouped convolutions).")
-refusal("obd-grouped", r"OBD: no Hessian for",
-        "OBD's per-sample Hessian diagonal is implemented for linear and ungrouped zero-padded convolutions.")
 refusal("phew-shortcut", r"phew jump='reference'.*read different unit counts",
         "PHEW's reference random walk (`jump='reference'`) steps from a layer to the next layer in module order; "
         "with a projection shortcut those read different unit counts. `jump='block_input'` walks such nets.")

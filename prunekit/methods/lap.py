@@ -304,7 +304,9 @@ def build_scorer(pruner: Pruner, ctx: PruneContext | None) -> scoring.LookaheadS
         bns = scoring.following_bn(pruner.model, names)
         sites = [m if bn is None else bn for m, bn in zip(modules, bns)][:-1] + [None]
         scales = scoring.activation_scales(pruner.model, sites, ctx.batches, cfg.activation_samples)
-    return scoring.LookaheadScorer(pruner.masks.params, list(pruner.masks.values()), prev, nxt, scales, names)
+    groups = [int(getattr(pruner.model.get_submodule(n), "groups", 1)) for n in names]
+    return scoring.LookaheadScorer(pruner.masks.params, list(pruner.masks.values()), prev, nxt, scales, names,
+                                   groups)
 
 
 @METHODS.register("lap", family="post-training", when="after")

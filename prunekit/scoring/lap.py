@@ -217,13 +217,17 @@ class LookaheadScorer:
     ``prev`` / ``nxt``: per layer, lists of :class:`Neighbour` (default :func:`chain_neighbours`).
     ``row_scales``: per layer, a factor per output unit applied to the weights before scoring (LAP-act).
     :meth:`set_mask` prunes a layer inside the scorer, so a sequential (forward/backward) pass looks
-    ahead through already-pruned layers. Pruned positions score ``-inf``.
+    ahead through already-pruned layers. Pruned positions score ``-inf``. ``groups``: per layer, the
+    convolution groups (a grouped or depthwise conv's weight ``[out, in/g, ...]`` reads, for output unit
+    ``o``, the input units of group ``o // (out/g)``: its neighbours' norms are taken per global unit).
     """
 
     def __init__(self, weights: Sequence[Tensor], masks: Sequence[Tensor] | None = None,
                  prev: list | None = None, nxt: list | None = None,
-                 row_scales: Sequence[Tensor | None] | None = None, names: Sequence[str] | None = None):
+                 row_scales: Sequence[Tensor | None] | None = None, names: Sequence[str] | None = None,
+                 groups: Sequence[int] | None = None):
         n = len(weights)
+        self.groups = list(groups) if groups is not None else [1] * n
         self.names = list(names) if names is not None else [f"layer {i}" for i in range(n)]
         self.masks: list[Tensor | None] = list(masks) if masks is not None else [None] * n
         self.sq: list[Tensor] = []
@@ -246,17 +250,26 @@ class LookaheadScorer:
             return self.sq[source]
         return source.weight.detach().double().pow(2)
 
+    def _groups(self, source: int | nn.Module) -> int:
+        return self.groups[source] if isinstance(source, int) else int(getattr(source, "groups", 1))
+
     def _norms(self, source: int | nn.Module, axis: int) -> Tensor:
-        """Squared norms of the rows (axis 0: output units) or columns (axis 1: input units)."""
+        """Squared norms of the rows (axis 0: output units) or columns (axis 1: input units, one entry
+        per global input channel of a grouped conv)."""
         key = (source if isinstance(source, int) else id(source), axis)
         if key not in self._cache:
             s = self._square(source)
-            self._cache[key] = s.sum(dim=tuple(d for d in range(s.dim()) if d != axis))
+            if axis == 1 and self._groups(source) > 1:
+                g = self._groups(source)
+                per_pair = s.sum(dim=tuple(range(2, s.dim())))  # [out, in/g]
+                self._cache[key] = per_pair.view(g, -1, per_pair.shape[1]).sum(1).reshape(-1)
+            else:
+                self._cache[key] = s.sum(dim=tuple(d for d in range(s.dim()) if d != axis))
         return self._cache[key]
 
     def prev_factor(self, i: int) -> Tensor | None:
-        """Per input unit of layer i: Σ over previous neighbours of their squared row norms."""
-        n_in = self.sq[i].shape[1]
+        """Per (global) input unit of layer i: Σ over previous neighbours of their squared row norms."""
+        n_in = self.sq[i].shape[1] * self.groups[i]
         total = None
         for nb in self.prev[i]:
             if nb.source is None:
@@ -287,7 +300,12 @@ class LookaheadScorer:
         s = self.sq[i]
         d = s.dim()
         p, q = self.prev_factor(i), self.next_factor(i)
-        out = s * p.view(1, -1, *[1] * (d - 2)) if p is not None else s.clone()
+        if p is not None and self.groups[i] > 1:  # output o reads the inputs of its group
+            g, (n_out, per_group) = self.groups[i], s.shape[:2]
+            p = p.view(g, 1, per_group).expand(g, n_out // g, per_group).reshape(n_out, per_group)
+            out = s * p.view(n_out, per_group, *[1] * (d - 2))
+        else:
+            out = s * p.view(1, -1, *[1] * (d - 2)) if p is not None else s.clone()
         if q is not None:
             out.mul_(q.view(-1, *[1] * (d - 1)))
         if self.masks[i] is not None:
@@ -372,13 +390,14 @@ def _per_sample_square_sum(module: nn.Module, a: Tensor, g: Tensor) -> Tensor:
         if a.dim() != 2:
             raise ConfigError("OBD: Hessians of linear layers need 2-D inputs (batch, features)")
         return g.pow(2).t() @ a.pow(2)
-    if isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros" \
-            and not isinstance(module.padding, str):
-        u = F.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)
-        per_sample = torch.bmm(g.flatten(2), u.transpose(1, 2))
-        return per_sample.pow(2).sum(0).view_as(module.weight)
-    raise ConfigError(f"OBD: no Hessian for {type(module).__name__}; allowed: Linear and ungrouped, "
-                      "zero-padded Conv2d")
+    if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros" and not isinstance(module.padding, str):
+        groups = module.groups
+        u = F.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)  # [N, C*k, L]
+        u = u.view(u.shape[0], groups, -1, u.shape[-1])  # [N, g, C/g*k, L]: a group reads its own channels
+        go = g.flatten(2).view(g.shape[0], groups, -1, u.shape[-1])  # [N, g, out/g, L]
+        per_sample = torch.einsum("ngol,ngkl->ngok", go, u)
+        return per_sample.pow(2).sum(0).reshape(module.weight.shape)
+    raise ConfigError(f"OBD: no Hessian for {type(module).__name__}; allowed: Linear and zero-padded Conv2d")
 
 
 def diag_ggn(model: nn.Module, modules: Sequence[nn.Module], batches: Iterable, samples: int | None,
