@@ -107,3 +107,24 @@ def test_one_colour_per_method_in_every_figure():
     assert colours[0]["BiP"] == colours[1]["BiP"] == plots.color("BiP")
     assert len({*colours[0].values(), *colours[1].values()}) == 4
     assert plots.color("GraNet s_i=0 (seed 0)") == plots.color("GraNet")
+
+
+def test_paper_numbers_per_model_and_the_sparsest_winning_ticket(tmp_path):
+    """A recipe's ``models:`` block gives each model its numbers (GraNet Table 2's quoted cells); BiP's
+    winning-ticket column is computed its way: the sparsest sparsity whose mean is >= the dense mean."""
+    rows = [dict(_row(f"g{s}", {"name": "granet", "initial_sparsity": 0.0}, s, 94.0 + s, sparsity=0.95),
+                 recipe="granet_cifar10", model="cifar_resnet50") for s in (0, 1)]
+    (section,) = aggregate(rows, "paper")
+    assert section.metric == "best_acc"  # the recipe names what the paper reports
+    (entry,) = section.entries
+    assert entry.method == "GraNet" and entry.reference == 94.44  # found under the full label "GraNet s_i=0"
+    assert entry.diff == pytest.approx(94.5 - 94.44)
+    bip = [_row(f"d{s}", {"name": "dense"}, s, 92.0) for s in (0, 1)]
+    bip += [_row(f"b{p}{s}", {"name": "bip"}, s, acc, sparsity=p)
+            for p, acc in ((0.5, 92.4), (0.67, 92.1), (0.8, 91.9)) for s in (0, 1)]
+    bip += [_row(f"o{s}", {"name": "magnitude", "when": "after"}, s, 91.0, sparsity=0.5) for s in (0, 1)]
+    (section,) = aggregate([dict(r, recipe="bip_resnet20s_cifar10") for r in bip], "paper")
+    notes = [n for n in section.notes if n.startswith("sparsest winning ticket")]
+    assert notes == ["sparsest winning ticket (mean best acc ≥ our dense 92.00), BiP: ours 67 % (92.10 ± 0.00), "
+                     "paper 67 % (92.14 ± 0.15)",
+                     "sparsest winning ticket (mean best acc ≥ our dense 92.00), OMP: ours ✗, paper ✗"]

@@ -154,6 +154,13 @@ def labels(series: dict[str, dict[str, str]]) -> dict[str, str]:
     return out
 
 
+def full_label(settings_: dict[str, str]) -> str:
+    """The display name with every setting that has a paper symbol (``GraNet s_i=0``): the key recipes'
+    paper numbers use, whatever else a section holds."""
+    parts = [f"{short}={_value(settings_[key])}" for key, short in SHORT.items() if key in settings_]
+    return " ".join([display_name(settings_), *parts])
+
+
 def is_structured(settings_: dict[str, str]) -> bool:
     """A run that removes whole channels/filters: its target sparsity counts channels, not weights."""
     if method_name(settings_) == "structured":

@@ -92,6 +92,7 @@ class Section:
     entries: list[Entry] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     metric: str = "final_acc"
+    reference: dict[str, Any] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
@@ -125,7 +126,17 @@ def _settings(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def recipe_reference(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ``reference`` mapping of these rows' recipe: from a run's ``config.yaml``, else the recipe file."""
+    """The ``reference`` mapping of these rows' recipe (from a run's ``config.yaml``, else the recipe file),
+    with the ``models: {<model>: {...}}`` entry of the rows' model merged over it (a recipe whose grid
+    spans models keeps each model's paper numbers there)."""
+    reference = _recipe_reference(rows)
+    models = reference.get("models")
+    own = models.get(rows[0].get("model")) if isinstance(models, dict) else None
+    reference = {k: v for k, v in reference.items() if k != "models"}
+    return {**reference, **own} if isinstance(own, dict) else reference
+
+
+def _recipe_reference(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for row in rows:
         path = Path(row.get("run_dir") or "") / "config.yaml"
         if path.is_file():
@@ -173,6 +184,32 @@ def reference_value(reference: dict[str, Any], method: str, settings: dict[str, 
     return None
 
 
+def winning_tickets(section: Section, reference: dict[str, Any]) -> list[str]:
+    """BiP Table 1's column, computed its way: per method, the sparsest tested sparsity whose mean accuracy
+    over seeds is no lower than the dense model's mean (none: "✗"), beside the paper's cell
+    (``reference.winning_tickets: {method: {sparsity, acc, std} | null}``)."""
+    paper = reference.get("winning_tickets")
+    dense = [e for e in section.entries if e.method_name == "dense"]
+    if not isinstance(paper, dict) or not dense:
+        return []
+    bar = dense[0].mean
+    folded = {str(k).lower(): v for k, v in paper.items()}
+    lines = []
+    for label in dict.fromkeys(e.method for e in section.entries if e.method_name != "dense" and not e.level):
+        wins = [e for e in section.entries if e.method == label and not e.level and e.mean >= bar]
+        ours = max(wins, key=lambda e: e.achieved, default=None)
+        text = "✗" if ours is None else f"{100 * ours.achieved:.0f} % ({_mean_std(ours)})"
+        cell = folded.get(label.lower(), "—") if label.lower() in folded else "not in the table"
+        if isinstance(cell, dict):
+            std = f" ± {cell['std']:.2f}" if cell.get("std") is not None else ""
+            cell = f"{100 * float(cell['sparsity']):.0f} % ({float(cell['acc']):.2f}{std})"
+        elif cell is None:
+            cell = "✗"
+        lines.append(f"sparsest winning ticket (mean {section.metric.replace('_', ' ')} ≥ our dense {bar:.2f}), "
+                     f"{label}: ours {text}, paper {cell}")
+    return lines
+
+
 def reference_notes(reference: dict[str, Any]) -> list[str]:
     """The scalar entries of a reference mapping but ``dense`` (source, metric, notes, numbers without a
     run to compare with) as ``key: text`` lines."""
@@ -212,9 +249,11 @@ def _entry(rows: list[dict[str, Any]], label: str, metric: str, reference: dict[
     flat = groups.settings(first)
     level = first.get("status") == "level"
     sparsity = _point(first)
-    ref = None if level else reference_value(reference, first["method"], _settings(first), label, sparsity)
-    if ref is None and not level:
-        ref = reference_value(reference, first["method"], _settings(first), _old_label(first), sparsity)
+    ref = None
+    for key in () if level else (label, groups.full_label(flat), _old_label(first)):
+        ref = reference_value(reference, first["method"], _settings(first), key, sparsity)
+        if ref is not None:
+            break
     reduction = [r["flops"] / r["sparse_flops"] for r in rows if r.get("flops") and r.get("sparse_flops")]
     return Entry(
         method=label, method_name=first["method"], sparsity=sparsity,
@@ -248,7 +287,7 @@ def aggregate(rows: list[dict[str, Any]], metric: str = "final_acc") -> list[Sec
         srows = [r for r in _latest_per_seed(srows) if r.get(used) is not None]
         if not srows:
             continue
-        section = Section(recipe, model, dataset, notes=reference_notes(reference), metric=used)
+        section = Section(recipe, model, dataset, notes=reference_notes(reference), metric=used, reference=reference)
         series = {groups.series_key(r): groups.settings(r) for r in srows}
         names = groups.labels(series)
         grouped: dict[tuple[str, float], list[dict[str, Any]]] = {}
@@ -259,6 +298,7 @@ def aggregate(rows: list[dict[str, Any]], metric: str = "final_acc") -> list[Sec
         for e in entries:
             e.expected_seeds = expected
         section.entries = sorted(entries, key=lambda e: (e.method_name != "dense", e.method, e.sparsity))
+        section.notes += winning_tickets(section, reference)
         sections.append(section)
     return sections
 
