@@ -14,6 +14,9 @@ def register(subparsers) -> None:
     p.add_argument("--compact", action="store_true", help="remove masked channels (needs channel-aligned masks)")
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (of the compact model with --compact)")
     p.add_argument("--torch-prune", action="store_true", help="also write torch_prune.pt (weight_orig + weight_mask)")
+    p.add_argument("--rtol", type=float, default=1e-5,
+                   help="compact parity: max |compact - masked| <= atol + rtol * max |output| (default 1e-5)")
+    p.add_argument("--atol", type=float, default=0.0, help="compact parity: absolute part of the bound (default 0)")
     p.set_defaults(func=cmd_export)
 
 
@@ -22,16 +25,21 @@ def cmd_export(args) -> int:
 
     from ..errors import ConfigError
     from ..export import compact_model, save_pruned, state_to_torch_prune
+    from ..experiments.paths import check_output_dir
     from ..utils.io import atomic_path
 
-    loaded = load_model(args)
+    check_output_dir(args.out, "--out")
+    loaded = load_model(args, need_weights=True)
     if args.compact and loaded.masks is None:
         raise ConfigError("--compact needs --masks")
     if args.torch_prune and loaded.masks is None:
         raise ConfigError("--torch-prune needs --masks")
     out = Path(args.out)
     x = example_batch(loaded)
-    result = compact_model(loaded.model, loaded.masks, x) if args.compact else None  # fails before any write
+    if not (args.rtol >= 0 and args.atol >= 0):  # (NaN too)
+        raise ConfigError(f"--rtol {args.rtol:g} / --atol {args.atol:g} is not allowed; allowed: numbers >= 0")
+    result = compact_model(loaded.model, loaded.masks, x, rtol=args.rtol, atol=args.atol) if args.compact else None
+    # (the compact check fails before any write)
     written = [save_pruned(out / "pruned.safetensors", loaded.model, loaded.masks, metadata={"model": loaded.name})]
     final = loaded.model
     if result is not None:
