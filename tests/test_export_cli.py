@@ -53,6 +53,19 @@ def test_export_unaligned_masks_is_a_one_line_error(files, tmp_path, capsys):
     assert not (tmp_path / "x").exists()  # nothing written
 
 
+def test_export_parity_tolerance_flags(files, tmp_path, capsys):
+    """The compact check is relative (--rtol, default 1e-5 of max |output|) plus --atol; float32 rounding of
+    the compact ResNet-20 (~1e-7 relative) passes the default and fails an exact bound, writing nothing."""
+    weights, masks, _ = files
+    args = ["export", "cifar_resnet20", "--weights", str(weights), "--masks", str(masks), "--compact"]
+    assert main(args + ["--rtol", "0", "--atol", "0", "--out", str(tmp_path / "exact")]) == 2
+    assert "compact export changed the outputs by" in capsys.readouterr().err
+    assert not (tmp_path / "exact").exists()
+    assert main(args + ["--rtol", "-1", "--out", str(tmp_path / "neg")]) == 2
+    assert "--rtol" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "ok")]) == 0
+
+
 def test_export_and_measure_take_a_run_directory(tmp_path, capsys):
     """A finished run of the built-in harness is enough: its config gives the model and the input geometry
     (here 1×8×8 digits, 64-unit hidden layers), its weights and masks are found in the directory."""
