@@ -198,8 +198,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised where the process is, so that open atomic writes remove their temporary files."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import errno
+    import signal
+    import threading
+
     args = parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return args.func(args)
     except PrunekitError as e:
@@ -208,6 +222,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("prunekit: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("prunekit: terminated (SIGTERM); run the command again to resume", file=sys.stderr)
+        return 143
+    except OSError as e:  # the file system refused (no space, no permission, read-only)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+            raise
+        print(f"prunekit: error: {e.filename or ''}: {e.strerror}; allowed: a writable output folder with free space",
+              file=sys.stderr)
+        return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

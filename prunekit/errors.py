@@ -40,6 +40,18 @@ class PackError(ConfigError):
     """Runs that cannot train packed (``--pack``): the method, setting or combination, and why."""
 
 
+class StoreError(PrunekitError):
+    """A results store is not one prunekit wrote, is damaged, or is of a newer schema version."""
+
+
+class RunDirError(PrunekitError):
+    """A file of a run directory (or of a shared cache) is damaged or was changed by hand."""
+
+
+class OutputError(PrunekitError):
+    """An output location cannot be written: not a folder, a dangling link, or the disk is full."""
+
+
 class NumericError(PrunekitError):
     """Training produced NaN/Inf values."""
 

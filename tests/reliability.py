@@ -26,7 +26,11 @@ ENV = "PRUNEKIT_RELIABILITY_LOG"
 AREAS = {
     "config": "Bad input: configuration and command line",
     "data": "Bad input: data files",
+    "numbers": "Bad input: numbers, counts and sizes",
     "checkpoint": "Bad input: checkpoints and masks",
+    "store": "Results store",
+    "rundir": "Run directories and output locations",
+    "paths": "Path containment",
     "fault": "Faults",
     "fuzz": "Fuzzing",
     "security": "Security",
@@ -54,7 +58,10 @@ def cli_error(capsys, argv: list[str], written: Path | None = None) -> str:
     nothing created at ``written``. Returns the line."""
     from prunekit.cli import main
 
-    code = main(list(argv))
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse rejects a flag's value before main runs a command
+        code = e.code
     _, err = capsys.readouterr()
     lines = err.strip().splitlines()
     assert code == 2, (code, err)
@@ -62,6 +69,27 @@ def cli_error(capsys, argv: list[str], written: Path | None = None) -> str:
     if written is not None:
         assert not written.exists(), f"{written} was created"
     return lines[0]
+
+
+def tree(root: Path) -> dict[str, tuple]:
+    """Every entry under ``root`` (not following links) with its kind, size and modification time: two
+    equal snapshots mean nothing was created, removed or written there."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            out[str(path.relative_to(root))] = (st.st_mode, st.st_size if not path.is_dir() else 0, st.st_mtime_ns)
+    return out
+
+
+def unchanged(before: dict[str, tuple], after: dict[str, tuple]) -> str:
+    """'' when the snapshots are equal, else what was created, removed or modified."""
+    created = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    modified = sorted(k for k in set(before) & set(after) if before[k] != after[k])
+    return "; ".join(f"{what}: {', '.join(items[:5])}" for what, items in
+                     (("created", created), ("removed", removed), ("modified", modified)) if items)
 
 
 def fuzz_settings(max_examples: int) -> settings:

@@ -10,15 +10,16 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..sparsity import MaskSet
+from ._args import COUNT, int_in
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model name (prunekit list models), or a run directory (its config.yaml gives "
                    "the model and input; its model.safetensors and masks.safetensors are the defaults)")
-    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--num-classes", type=COUNT, default=None)
     p.add_argument("--weights", default=None, help="safetensors state dict (plain, or written by prunekit export)")
     p.add_argument("--masks", default=None, help="mask file written by MaskSet.save / a run")
-    p.add_argument("--input-shape", type=int, nargs="+", default=None, metavar="N",
+    p.add_argument("--input-shape", type=int_in(1, 65536), nargs="+", default=None, metavar="N",
                    help="one sample's shape, e.g. 3 32 32 (default: the model's)")
 
 
@@ -30,15 +31,18 @@ class Loaded:
     input_shape: tuple[int, ...]
 
 
-def load_model(args) -> Loaded:
+def load_model(args, need_weights: bool = False) -> Loaded:
+    """The model (and masks) ``args`` name. From a run directory, a pruned run must have its masks and, with
+    ``need_weights``, every run its trained weights: without them the result would silently be a freshly
+    initialised or dense model."""
     from ..models import create, info
     from ..train.checkpoint import load_module_state, load_weights
 
     run = Path(args.model)
     if (run / "config.yaml").is_file():
-        name, model, shape = _model_of_run(run)
-        args.weights = args.weights or _existing(run / "model.safetensors")
-        args.masks = args.masks or _existing(run / "masks.safetensors")
+        name, model, shape, pruned = _model_of_run(run)
+        args.weights = args.weights or _existing(run / "model.safetensors", need_weights, "--weights FILE")
+        args.masks = args.masks or _existing(run / "masks.safetensors", pruned, "--masks FILE")
     else:
         name = args.model
         model = create(name, num_classes=args.num_classes)
@@ -58,13 +62,19 @@ def load_model(args) -> Loaded:
     return Loaded(name, model, masks, shape)
 
 
-def _existing(path: Path) -> str | None:
-    return str(path) if path.is_file() else None
+def _existing(path: Path, required: bool = False, flag: str = "") -> str | None:
+    if path.is_file():
+        return str(path)
+    if required:
+        raise ConfigError(f"{path}: not found, so the result would not be the run's model; allowed: a finished run "
+                          f"(rerun it), or {flag}")
+    return None
 
 
-def _model_of_run(run: Path) -> tuple[str, nn.Module, tuple[int, ...]]:
-    """The model a run trained (name, a fresh instance with the run's options, one sample's shape), from its
-    resolved ``config.yaml``; the dataset's geometry comes from its spec (no data is read)."""
+def _model_of_run(run: Path) -> tuple[str, nn.Module, tuple[int, ...], bool]:
+    """The model a run trained (name, a fresh instance with the run's options, one sample's shape, whether
+    the method prunes), from its resolved ``config.yaml``; the dataset's geometry comes from its spec (no data
+    is read)."""
     import yaml
 
     from ..data import get_spec
@@ -79,7 +89,9 @@ def _model_of_run(run: Path) -> tuple[str, nn.Module, tuple[int, ...]]:
     cfg = build_config(raw)
     spec = get_spec(cfg.data.name)
     model = create_model(cfg.model.name, model_kwargs(cfg, spec), spec.num_classes)
-    return cfg.model.name, model, (spec.channels, *spec.image_size)
+    from ..experiments.sweep import method_schedule
+
+    return cfg.model.name, model, (spec.channels, *spec.image_size), method_schedule(cfg.method) != "none"
 
 
 def example_batch(loaded: Loaded, n: int = 2) -> torch.Tensor:

@@ -6,6 +6,7 @@ import copy
 
 import torch
 
+from ._args import COUNT, THREADS
 from ._pruned import add_model_args, example_batch, load_model
 
 
@@ -14,9 +15,9 @@ def register(subparsers) -> None:
     add_model_args(p)
     p.add_argument("--compact", action="store_true", help="also measure the compact export (channel masks)")
     p.add_argument("--latency", action="store_true", help="time the models (median of repeated runs)")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64])
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--batch-sizes", type=COUNT, nargs="+", default=[1, 16, 64])
+    p.add_argument("--repeats", type=COUNT, default=15)
+    p.add_argument("--threads", type=THREADS, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--eager", action="store_true",
                    help="time the models as they are (default: BatchNorm folded into convolutions, the inference form)")
     p.set_defaults(func=cmd_measure)

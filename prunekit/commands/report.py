@@ -44,16 +44,29 @@ def _select(rows, args):
     return rows
 
 
+def _check_run_files(run_dir) -> None:
+    """The files the plots read, validated (a damaged one is an error naming it, not a silently empty plot)."""
+    from ..experiments.rundir import read_json, read_jsonl
+
+    fix = "rerun the run with --force to rewrite it"
+    if (run_dir / "masks.json").exists():
+        read_json(run_dir / "masks.json", fix=fix)
+    for path in sorted(run_dir.glob("metrics-*.jsonl")):
+        read_jsonl(path, fix=fix)
+
+
 def _report_run(args) -> int:
     from pathlib import Path
 
     from ..errors import ConfigError
+    from ..experiments.paths import check_output_dir
     from ..report import plots
 
     run_dir = Path(args.run)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"--run {run_dir}: not a run directory (no config.yaml); allowed: runs/<recipe>/<method>-<hash>")
-    out = Path(args.out) if args.out else run_dir / "report"
+    out = check_output_dir(Path(args.out) if args.out else run_dir / "report", "--out")
+    _check_run_files(run_dir)
     written = []
     with plots.style(args.style):
         for name, fig in (("layers", plots.layer_sparsity({run_dir.name: run_dir})),
@@ -71,6 +84,7 @@ def cmd_report(args) -> int:
     from ..cli import _console
     from ..errors import ConfigError
     from ..experiments import ResultsStore
+    from ..experiments.paths import check_output_dir
     from ..report.build import write_report
     from ..report.tables import to_rich
 
@@ -78,14 +92,14 @@ def cmd_report(args) -> int:
     if args.run:
         return _report_run(args)
     store = ResultsStore(args.store)
-    if not store.path.is_file():
+    if store.check() is None:
         raise ConfigError(f"--store {store.path}: no such results store; allowed: the results.sqlite a "
                           "`prunekit run` or `prunekit sweep` wrote")
     rows = _select(store.rows("status IN ('finished', 'level')"), args)  # IMP's levels are points too
     if not rows:
         print(f"no finished runs in {store.path} match")
         return 0
-    out = Path(args.out) if args.out else store.path.parent / "report"
+    out = check_output_dir(Path(args.out) if args.out else store.path.parent / "report", "--out")
     files = write_report(rows, out, metric=args.metric, formats=formats, html=not args.no_html,
                          figures=not args.no_plots, subtitle=f"{len(rows)} stored runs from {store.path}",
                          style=args.style)

@@ -1,6 +1,8 @@
 """``prunekit slurm SWEEP``: send a sweep's runs to SLURM as submitit jobs (see :mod:`prunekit.distributed.slurm`)."""
 from __future__ import annotations
 
+from ._args import THREADS, int_in
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("slurm", help="submit a sweep to SLURM (submitit): one job per group of runs that "
@@ -8,11 +10,11 @@ def register(subparsers) -> None:
     p.add_argument("sweep", help="sweep file or recipe name (as for `prunekit sweep`)")
     p.add_argument("overrides", nargs="*", help="key=value settings for every run; grid.KEY=[...] edits the grid")
     p.add_argument("--folder", default="runs/_slurm", help="submitit's logs and job files (default: runs/_slurm)")
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--tasks-per-node", type=int, default=1, help="processes per node (one per GPU)")
-    p.add_argument("--gpus-per-node", type=int, default=0)
-    p.add_argument("--cpus-per-task", type=int, default=None)
-    p.add_argument("--time", type=int, default=60, dest="timeout_min", help="minutes per job (default: 60)")
+    p.add_argument("--nodes", type=int_in(1, 100_000), default=1)
+    p.add_argument("--tasks-per-node", type=THREADS, default=1, help="processes per node (one per GPU)")
+    p.add_argument("--gpus-per-node", type=int_in(0, 1024), default=0)
+    p.add_argument("--cpus-per-task", type=THREADS, default=None)
+    p.add_argument("--time", type=int_in(1, 10**6), default=60, dest="timeout_min", help="minutes per job (default: 60)")
     p.add_argument("--partition", default=None)
     p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
                    help="another sbatch setting, e.g. --slurm account=abc --slurm qos=high")
@@ -39,6 +41,9 @@ def cmd_slurm(args) -> int:
     from ..distributed.slurm import submit_sweep
     from ..experiments.sweep import load_sweep
 
+    from ..experiments.paths import check_output_dir
+
+    check_output_dir(args.folder, "--folder")
     sweep = load_sweep(args.sweep, args.overrides)  # every run validated before anything is submitted
     console = _console()
     jobs = submit_sweep(sweep, args.folder, cluster="local" if args.local else None, nodes=args.nodes,

@@ -1,13 +1,15 @@
 """``prunekit sweep SWEEP.yaml``: run a grid of experiments (see :mod:`prunekit.experiments.sweep`)."""
 from __future__ import annotations
 
+from ._args import int_in
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("sweep", help="run a grid of runs (methods x sparsities x seeds x ...), N workers, "
                                             "skipping finished runs")
     p.add_argument("sweep", help="sweep file (a recipe with a grid, optional base: and workers:) or recipe name")
     p.add_argument("overrides", nargs="*", help="key=value settings for every run; grid.KEY=[...] edits the grid")
-    p.add_argument("--workers", "-j", type=int, default=None, help="worker processes (default: the file's workers, else 1)")
+    p.add_argument("--workers", "-j", type=int_in(1, 1024), default=None, help="worker processes (default: the file's workers, else 1)")
     p.add_argument("--pack", type=int, default=None, metavar="K",
                    help="train up to K runs at a time as one pack in this process (same results and files as "
                         "unpacked; methods that cannot pack say why and run unpacked)")

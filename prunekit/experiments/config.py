@@ -21,6 +21,7 @@ from ..modelio import logits_of
 from ..methods import MethodConfig, method_config
 from ..train.config import TrainConfig
 from ..utils.validation import config_error_from
+from .paths import check_name
 
 if TYPE_CHECKING:
     from ..data.specs import DatasetSpec
@@ -32,12 +33,16 @@ class ModelSpec(BaseModel):
     kwargs: dict[str, Any] = {}
 
 
+MAX_BATCH = 1 << 20  # samples per batch; far above any real batch, below what an allocation can hold
+MAX_SEED = 2**32 - 1  # numpy's seed range; torch's and Python's are wider
+
+
 class DataSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "sklearn_digits"
     root: str | None = None
-    batch_size: int = Field(128, gt=0)
-    test_batch_size: int = Field(1000, gt=0)
+    batch_size: int = Field(128, gt=0, le=MAX_BATCH)
+    test_batch_size: int = Field(1000, gt=0, le=MAX_BATCH)
     augment: bool = True
     normalization: str | None = None
     split: str = "official"
@@ -58,10 +63,10 @@ class ExperimentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = "experiment"
+    name: str = "experiment"  # the folder under output.root (see paths.check_name)
     description: str = ""
-    seed: int = 0
-    device: str = "cpu"
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    device: str = "auto"  # CUDA when present, else the CPU; the runner prints which at the start of a run
     model: ModelSpec
     data: DataSpec = DataSpec()
     method: dict[str, Any] = {"name": "dense"}
@@ -70,6 +75,11 @@ class ExperimentConfig(BaseModel):
     output: OutputSpec = OutputSpec()
     reference: dict[str, Any] = {}  # published numbers for side-by-side reports
     grid: dict[str, list[Any]] = {}  # `prunekit run` expands it into one run per combination
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v)
 
     @field_validator("device")
     @classmethod

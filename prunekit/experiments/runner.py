@@ -16,9 +16,11 @@ recorded in the store with status ``failed`` and its one-line error, and raises.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -26,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from safetensors.torch import save_file
 
 from .. import data as pkdata
@@ -41,6 +42,7 @@ from ..utils.io import atomic_path, atomic_write_text
 from .packing import fit_trainer
 from .config import (ExperimentConfig, check_model_fits, check_targets, create_model, identity, model_kwargs, pretrain_hash, pretrain_identity,
                      run_hash)
+from . import rundir
 from .progress import Reporter
 from .run_cost import RunCost, add_sparse_phase, mask_flops_ratio
 from .store import ResultsStore
@@ -104,14 +106,35 @@ def run_experiment(cfg: ExperimentConfig, force: bool = False, reporter: Reporte
     """Run (or resume, or skip) one experiment; returns its results row."""
     rep = reporter or Reporter()
     run_dir = run_dir_for(cfg)
-    result_file = run_dir / "result.json"
-    if result_file.exists() and not force:
+    if (finished := rundir.preflight(cfg, run_dir, force)) is not None:  # every file it reads back, unwritten
         rep.message(f"  finished already: {run_dir} (use --force to rerun)")
-        return json.loads(result_file.read_text())
+        return finished
     built = Built(cfg)  # validates names, data files and shapes before anything is written
+    rep.message(f"  device: {built.device}{' (device: auto)' if cfg.device == 'auto' else ''}")
     run_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(run_dir):  # a second process on this run waits here
+        if (finished := rundir.preflight(cfg, run_dir, force)) is not None:  # it finished while we waited
+            rep.message(f"  finished already: {run_dir} (use --force to rerun)")
+            return finished
+        return _run_locked(cfg, built, run_dir, force, rep)
+
+
+def _locked(directory: Path):
+    """Exclusive use of a run or cache directory by this process (rank 0 of a distributed run)."""
+    if not is_main():
+        return contextlib.nullcontext()
+    return rundir.locked(directory, lambda m: print(f"prunekit: {m}", file=sys.stderr, flush=True))
+
+
+def _run_locked(cfg: ExperimentConfig, built: Built, run_dir: Path, force: bool, rep: Reporter) -> dict[str, Any]:
+    result_file = run_dir / "result.json"
     if is_main():  # a distributed run: rank 0 writes every file and the store
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        if force:
+            rundir.clear(run_dir)
+        elif (run_dir / "config.yaml").exists() and not any(run_dir.glob("checkpoint-*.pt")):
+            rep.message(f"  {run_dir.name}: redoing it from the start (an earlier attempt stopped before its "
+                        f"first checkpoint)")
+        rundir.write_config(run_dir, cfg)
     store = store_for(cfg)
     try:
         row, extra = _run_phases(cfg, built, run_dir, rep)
@@ -189,17 +212,19 @@ def _pretrain(cfg: ExperimentConfig, built: Built, rep: Reporter) -> dict[str, A
     directory = Path(cfg.output.root) / "_pretrained" / pretrain_hash(cfg)
     weights = directory / "model.safetensors"
     summary_file = directory / "summary.json"
-    if weights.exists() and summary_file.exists():
-        load_module_state(built.model, load_weights(weights, built.device), str(weights))
-        rep.message(f"  pretrain: reusing {directory}")
-        return json.loads(summary_file.read_text())
-    directory.mkdir(parents=True, exist_ok=True)
-    summary = _fit(built, cfg.train, None, "pretrain", directory, rep)
-    if is_main():
-        with atomic_path(weights) as tmp:
-            save_file({k: v.contiguous().cpu() for k, v in built.model.state_dict().items()}, str(tmp))
-        atomic_write_text(summary_file, json.dumps(summary))
-    return summary
+    if not (weights.exists() and summary_file.exists()):
+        directory.mkdir(parents=True, exist_ok=True)
+        with _locked(directory):  # runs sharing this pretraining train it once, one process at a time
+            if not (weights.exists() and summary_file.exists()):
+                summary = _fit(built, cfg.train, None, "pretrain", directory, rep)
+                if is_main():
+                    with atomic_path(weights) as tmp:
+                        save_file({k: v.contiguous().cpu() for k, v in built.model.state_dict().items()}, str(tmp))
+                    atomic_write_text(summary_file, json.dumps(summary))
+                return summary
+    load_module_state(built.model, load_weights(weights, built.device), str(weights))
+    rep.message(f"  pretrain: reusing {directory}")
+    return rundir.read_json(summary_file, fix=f"delete {directory} to recompute it")
 
 
 def _total_steps(built: Built, train_cfg: TrainConfig) -> int:
@@ -241,7 +266,7 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
             if is_main():
                 atomic_write_text(run_dir / "prune.json", json.dumps(extra))
         else:
-            extra.update(json.loads((run_dir / "prune.json").read_text()))
+            extra.update(rundir.read_json(run_dir / "prune.json"))
         summary = _fit(built, finetune_cfg, pruner, "finetune", run_dir, rep)
         wall = pre["wall_time"] + extra.get("prune_time", 0.0) + summary["wall_time"]
         add_sparse_phase(cost, pruner, summary["steps"], _flops_ratio(built))
@@ -263,7 +288,7 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
             if is_main():
                 atomic_write_text(run_dir / "prune.json", json.dumps(extra))
         else:
-            extra.update(json.loads((run_dir / "prune.json").read_text()))
+            extra.update(rundir.read_json(run_dir / "prune.json"))
         summary = _fit(built, cfg.train, pruner, "train", run_dir, rep)
         wall = extra.get("prune_time", 0.0) + summary["wall_time"]
         cost.add(summary["steps"], _training_flops(built) or _flops_ratio(built))
@@ -309,7 +334,7 @@ def _load_level(directory: Path, built: Built) -> tuple[dict[str, Any], dict[str
     built.pruner.masks.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("mask.")},
                                        source=str(directory))
     rewind = {k[7:]: v for k, v in tensors.items() if k.startswith("rewind.")}
-    return json.loads((directory / "summary.json").read_text()), rewind
+    return rundir.read_json(directory / "summary.json", fix=f"delete {directory} to recompute the level"), rewind
 
 
 def _run_levels(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporter) -> tuple[dict, float, dict]:

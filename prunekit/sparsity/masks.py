@@ -239,7 +239,9 @@ class MaskSet:
                 raw = {n: fh.get_tensor(n) for n in order}
         except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors mask file ({e})") from None
-        ms = cls({n: t.to(torch.bool) for n, t in raw.items()})
+        ms = cls({n: _as_bool_mask(t, n, path) for n, t in raw.items()})
+        if not raw:
+            raise CheckpointError(f"{path}: holds no mask tensor; allowed: a mask file written by MaskSet.save")
         if model is not None:
             named = dict(model.named_parameters())
             for n, m in ms.items():
@@ -251,3 +253,16 @@ class MaskSet:
                     )
             ms.bind(model)
         return ms
+
+
+def _as_bool_mask(t: Tensor, name: str, path: Path) -> Tensor:
+    """A stored mask as bool: boolean, or numbers that are exactly 0 or 1 (a float mask holding 0.37 would
+    otherwise keep every weight); MaskError naming the first other value."""
+    if t.dtype == torch.bool:
+        return t
+    bad = ~((t == 0) | (t == 1))
+    if bool(bad.any()):
+        value = t[bad][0].item()
+        raise MaskError(f"{path}: mask {name!r} holds {value:g} ({str(t.dtype).removeprefix('torch.')}); allowed: "
+                        f"boolean masks, or numbers that are 0 or 1 exactly")
+    return t.to(torch.bool)

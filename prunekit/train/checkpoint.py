@@ -72,18 +72,28 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path}: refused to load ({_unpickler_reason(e)}); a checkpoint may hold only "
-                              f"tensors and plain containers") from None
+                              f"tensors and plain containers, and prunekit never unpickles Python objects from a "
+                              f"file; {RESAVE}") from None
     except Exception as e:  # noqa: BLE001 - torch.load on damaged bytes raises anything (IndexError, AssertionError ...)
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first_line(e)}); delete it "
                               f"to restart the phase") from None
 
 
+RESAVE = ("if it is yours (e.g. written by torch.save(model)), re-save its tensors in a trusted Python session: "
+          "torch.save(model.state_dict(), path)")
+
+
 def _unpickler_reason(e: pickle.UnpicklingError) -> str:
-    """The reason torch's weights-only unpickler gives, without its advice to load unsafely."""
+    """What torch's weights-only unpickler found (``Unsupported global: GLOBAL x.y``), never its advice to
+    load with ``weights_only=False``: PyTorch rewords that advice between versions, so only the sentence
+    naming the refused item is kept, and any sentence mentioning ``weights_only`` is dropped."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    _, found, reason = text.partition("WeightsUnpickler error:")
-    reason = next((line.strip() for line in reason.splitlines() if line.strip()), "") if found else ""
-    return reason.split(". ")[0] if reason else first_line(e)
+    found = re.search(r"(Unsupported (?:global|operand|class).*?)(?=\.\s+[A-Z]|\.?\s*$|\n)", text)
+    if found:
+        return found.group(1).strip()
+    sentences = [s.strip() for s in re.split(r"(?<=\.)\s+|\n", text) if s.strip()]
+    safe = [s for s in sentences if "weights_only" not in s and "trust" not in s]
+    return safe[0].rstrip(".") if safe else "it holds Python objects, not only tensors"
 
 
 def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Tensor]:
