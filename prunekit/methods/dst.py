@@ -149,6 +149,7 @@ class SparseTraining(Pruner):
         self._dense_grad_steps = 0
         self._dense_grad_nnz = [0] * len(self._nnz)
         self._input_shape: list[int] | None = None
+        self._input_dtype: torch.dtype | None = None
         self._updated_at: int | None = None  # RigL updates before the optimizer step
         ref = weakref.ref(self)  # the model must not keep (or deep-copy) its pruner alive
 
@@ -156,6 +157,7 @@ class SparseTraining(Pruner):
             pruner = ref()
             if pruner is not None and inputs and isinstance(inputs[0], Tensor):
                 pruner._input_shape = list(inputs[0].shape[1:])
+                pruner._input_dtype = inputs[0].dtype  # token ids: integer
             handle.remove()
 
         handle = model.register_forward_pre_hook(capture_shape)
@@ -308,7 +310,7 @@ class SparseTraining(Pruner):
 
         def flops(values: list[float]) -> dict[str, float]:  # count_flops reads a layer's density as a mean
             densities = {n: torch.tensor(float(v)) for n, v in zip(self.masks.names(), values)}
-            return count_flops(self.model, shape, densities, device=device)
+            return count_flops(self.model, shape, densities, device=device, dtype=self._input_dtype)
 
         mean_density = [(acc + c * tail) / (n * steps) for acc, c, n in zip(self._nnz_steps, self._nnz, numel)]
         total = flops(mean_density)
