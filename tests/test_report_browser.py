@@ -46,14 +46,31 @@ def _browser() -> str:
     return found
 
 
+def _command(*args: str, tmp_path) -> list[str]:
+    cmd = [_browser(), "--headless", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
+           f"--user-data-dir={tmp_path / 'profile'}", *args]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
+    return cmd
+
+
+def screenshot(page, out, tmp_path, size: tuple[int, int] = (1100, 1500)):
+    """A real headless-Chromium screenshot of ``page`` (PNG at ``out``); returns its pixels (H x W x 3)."""
+    from matplotlib import image
+
+    done = subprocess.run(_command(f"--window-size={size[0]},{size[1]}", f"--screenshot={out}",
+                                   "--virtual-time-budget=5000", page.resolve().as_uri(), tmp_path=tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and out.is_file(), done.stderr[-2000:]
+    return image.imread(out)[:, :, :3]
+
+
 def render(page, tmp_path) -> tuple[dict, list[str]]:
     """(what the probe saw, console lines) for ``page`` rendered headless."""
     probed = tmp_path / f"probed-{page.name}"
     probed.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
-    cmd = [_browser(), "--headless", "--disable-gpu", "--no-first-run", "--enable-logging=stderr", "--v=0",
-           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", probed.as_uri()]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        cmd.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
+    cmd = _command("--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom", probed.as_uri(),
+                   tmp_path=tmp_path)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     match = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
@@ -92,3 +109,26 @@ def test_browser_check_catches_errors_and_external_resources(report, tmp_path):
     assert seen["images"] == 5 and seen["decoded"] == 3
     assert any("undefinedFunction is not defined" in line for line in console)
     assert any("Content Security Policy" in line and "example.com" in line for line in console)
+
+
+def test_screenshot_shows_the_family_figures(tmp_path):
+    """A section holding several papers' methods opens with one figure per family; in a real screenshot
+    the figures are drawn (coloured pixels of the methods' colours), not blank or broken images."""
+    from prunekit.report import plots
+
+    rows = [_row(f"d{s}", "dense", 0.0, s, 97.0) for s in (0, 1)]
+    for method, accs in (("dpai", (90.0, 80.0)), ("snip", (89.0, 70.0)), ("granet", (96.0, 94.0)),
+                         ("rigl", (95.0, 90.0)), ("bip", (96.5, 95.0)), ("imp", (96.0, 95.5))):
+        rows += [_row(f"{method}{p}{s}", method, p, s, acc + s) for p, acc in zip((0.8, 0.95), accs) for s in (0, 1)]
+    report = write_report(rows, tmp_path / "out")
+    slug = report.sections[0].slug
+    assert [p.name for p in report.figures if p.suffix == ".png"][:3] == [
+        f"{slug}-family-DPaI.png", f"{slug}-family-GraNet.png", f"{slug}-family-BiP.png"]
+    seen, console = render(report.html, tmp_path)
+    assert console == [] and seen["images"] == seen["decoded"] >= 4 and seen["tables"] == 1
+    pixels = screenshot(report.html, tmp_path / "shot.png", tmp_path)
+    assert pixels.shape[:2] == (1500, 1100)
+    red = plots.color("DPaI")  # DPaI drawn bold in its family figure and in the all-methods one
+    close = (abs(pixels - red).max(axis=2) < 0.12).sum()
+    assert close > 500  # its lines are on the page
+    assert (pixels.min(axis=2) < 0.9).mean() > 0.05  # not a blank page
