@@ -30,7 +30,6 @@ import time
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..data.loader import TensorLoader
 from ..errors import PackError
@@ -159,12 +158,11 @@ class PackedTrainer:
             if t.pruner is not None:
                 t.pruner.attach(self.optimizer)  # policies on optimizer state see the member's own buffers
         autocast = lead._autocast()
-        label_smoothing = self.cfg.label_smoothing
         try:
             for end in lead.boundaries():
                 if end <= lead.step:
                     continue
-                self._segment(lead.step, end, autocast, label_smoothing)
+                self._segment(lead.step, end, autocast)
                 if not self._active():
                     break
         finally:
@@ -185,7 +183,7 @@ class PackedTrainer:
     def _active(self) -> list[_Member]:
         return [m for m in self.members if m.error is None]
 
-    def _segment(self, start: int, end: int, autocast, label_smoothing: float) -> None:
+    def _segment(self, start: int, end: int, autocast) -> None:
         active = self._active()
         for m in active:
             m.losses = torch.empty(end - start, device=self.device)
@@ -202,12 +200,7 @@ class PackedTrainer:
                     x = x.contiguous(memory_format=torch.channels_last)
                 if m.before_step is not None:
                     self._guard(m, m.before_step, step)
-                if autocast is not None:
-                    with autocast():
-                        out = m.trainer.forward(x)
-                else:
-                    out = m.trainer.forward(x)
-                losses.append(F.cross_entropy(out.float(), y, label_smoothing=label_smoothing))
+                losses.append(m.trainer.loss(x, y, autocast))
             self.optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(losses)  # d(sum)/d(loss_k) = 1: each member's own gradient, exactly
             for m in active:

@@ -184,16 +184,20 @@ class Trainer:
             pruner.on_train_end()
         return self.summary()
 
-    def _train_step(self, x, y, step: int, autocast) -> torch.Tensor:
-        pruner = self.pruner
-        if pruner is not None:
-            pruner.before_step(step)
+    def loss(self, x: torch.Tensor, y: torch.Tensor, autocast) -> torch.Tensor:
+        """The training loss of one batch (forward under ``autocast`` when given)."""
         if autocast is not None:
             with autocast():
                 out = logits_of(self.forward(x))
         else:
             out = logits_of(self.forward(x))
-        loss = F.cross_entropy(out.float(), y, label_smoothing=self.cfg.label_smoothing)
+        return F.cross_entropy(out.float(), y, label_smoothing=self.cfg.label_smoothing)
+
+    def _train_step(self, x, y, step: int, autocast) -> torch.Tensor:
+        pruner = self.pruner
+        if pruner is not None:
+            pruner.before_step(step)
+        loss = self.loss(x, y, autocast)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
