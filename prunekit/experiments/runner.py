@@ -38,6 +38,7 @@ from ..methods import METHODS, PruneContext, method_config
 from ..report.measure import count_flops, count_params
 from ..train import Trainer, TrainConfig, evaluate
 from ..train.checkpoint import load_module_state, load_weights
+from ..train.cuda_graph import device_refusal as graph_device_refusal
 from ..utils.io import atomic_path, atomic_write_text
 from .packing import fit_trainer
 from .config import (ExperimentConfig, check_model_fits, check_targets, create_model, identity, model_kwargs, pretrain_hash, pretrain_identity,
@@ -76,6 +77,9 @@ class Built:
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
         self.device = init_from_env(resolve_device(cfg.device))  # cuda:LOCAL_RANK under torchrun
+        for phase in (cfg.train, cfg.finetune):
+            if phase is not None and phase.cuda_graph and (why := graph_device_refusal(self.device)):
+                raise ConfigError(why)
         d = cfg.data
         loaders = pkdata.build_loaders(
             d.name, root=d.root, batch_size=d.batch_size, test_batch_size=d.test_batch_size, seed=cfg.seed,

@@ -53,6 +53,7 @@ class TrainConfig(BaseModel):
     amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool | None = None  # None: on for models with 2-D convolutions (NHWC is faster there)
     compile: bool = False
+    cuda_graph: bool = False  # capture the whole step (CUDA only, static shapes): prunekit.train.cuda_graph
 
     @field_validator("duration")
     @classmethod

@@ -29,6 +29,7 @@ from ..modelio import logits_of
 from ..utils.io import atomic_write_text, remove_stale_temps
 from .checkpoint import load_checkpoint, load_module_state, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
+from .cuda_graph import GraphStep
 from .evaluate import evaluate
 from .optim import build_optimizer, build_scheduler, lr_change_period, lr_factor_fn, set_lr_, sync_scheduler_
 
@@ -90,6 +91,7 @@ class Trainer:
         self.forward = torch.compile(ddp) if cfg.compile else ddp
         self.sync = TrainerSync.create(self)  # None unless distributed
         self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" and self.device.type == "cuda" else None
+        self.graph_step = GraphStep(self) if cfg.cuda_graph else None  # ConfigError where it cannot capture
         self.step = 0
         self._prepared = False
         self.history: list[dict[str, Any]] = []
@@ -148,6 +150,7 @@ class Trainer:
         channels_last = self.channels_last
         pruner = self.pruner
         custom_step = getattr(pruner, "train_step", None)
+        graph_step = self.graph_step
         sync = self.sync
         if sync is not None:
             sync.start()
@@ -165,6 +168,8 @@ class Trainer:
                     x = x.contiguous(memory_format=torch.channels_last)
                 if custom_step is not None:
                     loss = custom_step(x, y, self.optimizer, step)
+                elif graph_step is not None:
+                    loss = graph_step.step(x, y, step, autocast)
                 else:
                     loss = self._train_step(x, y, step, autocast)
                 if lr_period and step % lr_period == 0:  # LambdaLR.step()'s values, only where they change
