@@ -76,7 +76,7 @@ def _section_plots(section: Section, out: Path, metric: str) -> tuple[list[Plot]
         if fig is None:
             continue
         stem = out / f"{section.slug}-{name}"
-        out_plots.append(Plot(caption, plots.save(fig, stem)))
+        out_plots.append(Plot(caption, plots.save(fig, stem), lead=name.startswith("family-")))
         paths += [Path(f"{stem}.{fmt}") for fmt in plots.FORMATS]
     return out_plots, paths
 

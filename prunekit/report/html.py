@@ -54,6 +54,7 @@ SCRIPT = """
 class Plot:
     caption: str
     png: bytes
+    lead: bool = False  # shown before the section's table (the family figures the report opens with)
 
 
 @dataclass
@@ -117,15 +118,19 @@ def render(page: ReportPage) -> str:
         parts.append(f'<section class="report-section" id="{_e(s.slug)}" data-dataset="{_e(s.dataset)}" '
                      f'data-model="{_e(s.model)}" data-recipe="{_e(s.recipe)}">')
         parts.append(f"<h2>{_e(s.title)}</h2>")
+        plots = page.plots.get(s.slug, [])
+        lead = [p for p in plots if p.lead]
+        if lead:
+            parts.append('<div class="figures">' + "".join(_img(p) for p in lead) + "</div>")
         parts.append(f'<p class="meta">{_e(s.metric.replace("_", " "))}, mean ± std over seeds (sample std); '
                      "sparsity: measured from the masks; a group of runs differs from the others in more than its "
                      "seed</p>")
         parts.append(_table(s, page.metric))
         if s.notes:
             parts.append('<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in s.notes) + "</ul>")
-        plots = page.plots.get(s.slug, [])
-        if plots:
-            parts.append('<div class="figures">' + "".join(_img(p) for p in plots) + "</div>")
+        rest = [p for p in plots if not p.lead]
+        if rest:
+            parts.append('<div class="figures">' + "".join(_img(p) for p in rest) + "</div>")
         parts.append("</section>")
     parts.append(f"</main><script>{SCRIPT}</script></body></html>")
     return "\n".join(parts) + "\n"
