@@ -199,3 +199,54 @@ def test_lr_per_step_and_scheduler_state_are_lambdalrs(schedule):
     for t in (alone, *packed):
         assert t.scheduler.state_dict() == ref.state_dict()
 
+
+
+STACKED = ["dense", "snip", "omp", "lap", "set", "rigl", "granet"]
+
+
+@pytest.mark.parametrize("family", STACKED)
+def test_stacked_kernels_agree_with_separate_runs(family):
+    """One model with stacked parameters (vmap): the losses agree to rounding, the masks exactly."""
+    cfgs = _configs(FAMILIES[family])
+    alone = [_trainer(c) for c in cfgs]
+    for t in alone:
+        t.fit()
+    packed = [_trainer(c) for c in cfgs]
+    pack = PackedTrainer(packed, kernels="stacked")
+    assert pack.stacked is not None and all(isinstance(o, dict) for o in pack.fit())
+    for a, p in zip(alone, packed):
+        assert torch.allclose(torch.tensor(_losses(p)), torch.tensor(_losses(a)), rtol=1e-5, atol=0)
+        ma, mp = _masks(a), _masks(p)
+        assert all(torch.equal(ma[k], mp[k]) for k in ma)  # DST: no update here ties
+        if a.pruner is not None:
+            assert all(bool((w[~m] == 0).all()) for w, m in zip(p.pruner.masks.params, p.pruner.masks.values()))
+
+
+def test_stacked_checkpoints_hold_one_member_and_resume(tmp_path):
+    cfgs = _configs(FAMILIES["rigl"], eval_every=10)
+    alone = [_trainer(c) for c in cfgs]
+    for t in alone:
+        t.fit()
+    paths = [tmp_path / f"m{i}.pt" for i in range(3)]
+    first = [_trainer(c, p, _killer(30) if i == 0 else None) for i, (c, p) in enumerate(zip(cfgs, paths))]
+    with pytest.raises(_Kill):
+        PackedTrainer(first, kernels="stacked").fit()
+    state = torch.load(paths[1], weights_only=True)
+    size = sum(v.numel() for v in state["model"].values())
+    assert size == sum(p.numel() for p in first[1].model.parameters())
+    assert all(v.untyped_storage().nbytes() == v.numel() * v.element_size() for v in state["model"].values())
+    again = [_trainer(c, p) for c, p in zip(cfgs, paths)]
+    train_packed(again, kernels="stacked")
+    for a, r in zip(alone, again):
+        assert torch.allclose(torch.tensor(_losses(r)), torch.tensor(_losses(a)), rtol=1e-5, atol=0)
+
+
+def test_stacked_refusals():
+    mixed = [_trainer(_configs(FAMILIES["snip"], seeds=(0,))[0]),
+             _trainer(_configs(FAMILIES["snip"], base={**BASE, "model": {"name": "mlp", "kwargs": {"hidden": [8]}}},
+                               seeds=(1,))[0])]
+    with pytest.raises(PackError, match="different architectures"):
+        PackedTrainer(mixed, kernels="stacked")
+    assert PackedTrainer(mixed, kernels="auto").kernels == "loop"  # on the CPU, and for mixed members
+    with pytest.raises(PackError, match="kernels="):
+        PackedTrainer(mixed, kernels="grouped")

@@ -14,6 +14,7 @@ import pickle
 import random
 import re
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,21 @@ def _to_tuple(obj: Any) -> Any:
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch.save(_own_storage(state), tmp)
     return Path(path)
+
+
+def _own_storage(obj: Any) -> Any:
+    """``obj`` with every tensor that views a larger storage copied out (``torch.save`` writes a view's
+    whole storage: a packed member's slice would carry the whole pack)."""
+    if isinstance(obj, Tensor):
+        return obj.clone() if obj.untyped_storage().nbytes() > obj.numel() * obj.element_size() else obj
+    if isinstance(obj, dict):
+        items = [(k, _own_storage(v)) for k, v in obj.items()]
+        return OrderedDict(items) if isinstance(obj, OrderedDict) else dict(items)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_own_storage(v) for v in obj)
+    return obj
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

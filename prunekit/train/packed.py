@@ -35,7 +35,11 @@ from ..data.loader import TensorLoader
 from ..errors import PackError
 from ..methods.base import Pruner
 from .optim import build_optimizer, build_scheduler, set_lr_, sync_scheduler_
+from .stacked import StackedPack, stacked_refusal
 from .trainer import Trainer
+
+
+KERNELS = ("auto", "loop", "stacked")
 
 
 def pack_key(trainer: Trainer) -> tuple:
@@ -74,17 +78,22 @@ class _Member:
         self.after_backward = self.pruner.after_backward if _overrides(self.pruner, "after_backward") else None
         self.after_optimizer_step = self.pruner.after_optimizer_step if self.pruner is not None else None
         self.error: BaseException | None = None
-        self.losses: torch.Tensor | None = None
+        self.step_losses: list[torch.Tensor] = []
 
 
 class PackedTrainer:
     """Train ``trainers`` (built as for unpacked runs, same :class:`TrainConfig` and schedule) as one pack.
 
+    ``kernels``: ``loop`` (each member's forward/backward on its own model: bit-identical to separate
+    runs), ``stacked`` (one model with stacked parameters, one vmapped kernel per layer:
+    :mod:`prunekit.train.stacked`), ``auto`` (stacked on CUDA where the members allow it, else loop).
     :meth:`fit` returns one outcome per trainer, in order: its :meth:`Trainer.summary`, or the exception
     that stopped it. Raises :class:`PackError` before any step when the trainers cannot pack.
     """
 
-    def __init__(self, trainers: Sequence[Trainer]):
+    def __init__(self, trainers: Sequence[Trainer], kernels: str = "auto"):
+        if kernels not in KERNELS:
+            raise PackError(f"kernels={kernels!r}; allowed: {', '.join(KERNELS)}")
         if not trainers:
             raise PackError("a pack needs at least one run")
         self.trainers = list(trainers)
@@ -104,15 +113,28 @@ class PackedTrainer:
         params = [p for m in self.members for p in m.params]
         if len({id(p) for p in params}) != len(params):
             raise PackError("--pack: two members share parameters; allowed: one model per run")
-        self.optimizer = build_optimizer(self.cfg, params)
-        for t in self.trainers:  # the members' own (possibly resumed) state, by reference
-            for p in t.model.parameters():
-                if p in t.optimizer.state:
-                    self.optimizer.state[p] = t.optimizer.state[p]
+        if kernels == "auto":  # batched kernels pay where one small model leaves the device idle
+            kernels = "stacked" if self.device.type == "cuda" and stacked_refusal(self.trainers) is None else "loop"
+        self.kernels = kernels
+        self.stacked = StackedPack(self.trainers) if kernels == "stacked" else None
+        if self.stacked is not None:
+            self.optimizer = build_optimizer(self.cfg, self.stacked.params.values())
+            self.stacked.load_state(self.optimizer, [t.optimizer for t in self.trainers])
+        else:
+            self.optimizer = build_optimizer(self.cfg, params)
+            for t in self.trainers:  # the members' own (possibly resumed) state, by reference
+                for p in t.model.parameters():
+                    if p in t.optimizer.state:
+                        self.optimizer.state[p] = t.optimizer.state[p]
         self.scheduler = build_scheduler(self.cfg, self.optimizer, self.steps_per_epoch, self.total_steps)
         self.scheduler.load_state_dict(lead.scheduler.state_dict())
         self._set_lr(lead.optimizer.param_groups[0]["lr"])
         self.shared_batches = _shared_plan(self.trainers)
+        self._linked = self.stacked is None
+        if self.stacked is not None and any(self.optimizer.state.values()):
+            for m in self.members:  # resumed: the stacked state is the members' own, as views
+                self.stacked.link_state(self.optimizer, m.trainer.optimizer, m.index)
+            self._linked = True
 
     def _set_lr(self, lr: float) -> None:
         for g in self.optimizer.param_groups:
@@ -120,12 +142,17 @@ class PackedTrainer:
 
     # --- data ----------------------------------------------------------------------------------
     def _batches(self, start: int, count: int):
-        """Per step, one ``[(x, y), ...]`` per member: each member's own batch of that step."""
+        """Per step, ``[(x, y), ...]``: each member's own batch of that step (stacked kernels: those
+        batches concatenated in member order, one ``(x, y)``)."""
         if self.shared_batches is not None:
             yield from self._gathered(start, count)
             return
         streams = [t._batches(start, count) for t in self.trainers]
-        yield from zip(*streams)
+        for per_member in zip(*streams):
+            if self.stacked is None:
+                yield list(per_member)
+            else:  # stacked kernels take all members' rows as one batch, member after member
+                yield torch.cat([b[0] for b in per_member]), torch.cat([b[1] for b in per_member])
 
     def _gathered(self, start: int, count: int):
         # the members' loaders differ only in seed: one gather of all members' rows per step, then views
@@ -143,7 +170,10 @@ class PackedTrainer:
                 x, y = lead._batch(order[:, sl].reshape(-1),
                                    {key: v[:, sl].reshape(-1, *v.shape[2:]) for key, v in params.items()})
                 rows = sl.stop - sl.start
-                yield [(x[i * rows:(i + 1) * rows], y[i * rows:(i + 1) * rows]) for i in range(k)]
+                if self.stacked is not None:
+                    yield x, y  # already in member order: [K * rows, ...]
+                else:
+                    yield [(x[i * rows:(i + 1) * rows], y[i * rows:(i + 1) * rows]) for i in range(k)]
                 produced += 1
                 if produced == count:
                     return
@@ -155,7 +185,7 @@ class PackedTrainer:
         lead = self.trainers[0]
         for t in self.trainers:
             t.model.train()
-            if t.pruner is not None:
+            if t.pruner is not None and self.stacked is None:
                 t.pruner.attach(self.optimizer)  # policies on optimizer state see the member's own buffers
         autocast = lead._autocast()
         try:
@@ -186,31 +216,23 @@ class PackedTrainer:
     def _segment(self, start: int, end: int, autocast) -> None:
         active = self._active()
         for m in active:
-            m.losses = torch.empty(end - start, device=self.device)
+            m.step_losses = []
         spe, lead = self.steps_per_epoch, self.trainers[0]
         t0 = time.perf_counter()
         step = start
         for batches in self._batches(start, end - start):
             step += 1
-            i = step - start - 1
-            losses = []
             for m in active:
-                x, y = batches[m.index]
-                if m.trainer.channels_last and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
                 if m.before_step is not None:
                     self._guard(m, m.before_step, step)
-                losses.append(m.trainer.loss(x, y, autocast))
             self.optimizer.zero_grad(set_to_none=True)
-            torch.autograd.backward(losses)  # d(sum)/d(loss_k) = 1: each member's own gradient, exactly
+            if self.stacked is None:
+                self._loop_step(active, batches, step, autocast)
+            else:
+                self._stacked_step(active, batches, step, autocast)
             for m in active:
-                if m.after_backward is not None:
-                    self._guard(m, m.after_backward, step)
-            self.optimizer.step()
-            for m, loss in zip(active, losses):
                 if m.after_optimizer_step is not None:
                     self._guard(m, m.after_optimizer_step, step)
-                m.losses[i] = loss.detach()
             if lead.lr_period and step % lead.lr_period == 0:
                 set_lr_(self.optimizer, self.scheduler, lead.lr_factor(step))
             if step % spe == 0:
@@ -236,15 +258,58 @@ class PackedTrainer:
             t.wall_time += share
             for g in t.optimizer.param_groups:
                 g["lr"] = lr
-            for p in m.params:
-                if p in self.optimizer.state:
-                    t.optimizer.state[p] = self.optimizer.state[p]
+            if self.stacked is None:
+                for p in m.params:
+                    if p in self.optimizer.state:
+                        t.optimizer.state[p] = self.optimizer.state[p]
             t.scheduler.load_state_dict(sched_state)
             try:
-                t._end_segment(start, m.losses, autocast)  # finite checks, evaluation, checkpoint, metrics
+                # finite checks, evaluation, checkpoint, metrics
+                t._end_segment(start, torch.stack(m.step_losses), autocast)
             except Exception as e:  # noqa: BLE001 - the member stops alone
                 m.error = e
         self._drop_failed(active)
+
+    def _loop_step(self, active: list[_Member], batches, step: int, autocast) -> None:
+        losses = []
+        for m in active:
+            x, y = batches[m.index]
+            if m.trainer.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            losses.append(m.trainer.loss(x, y, autocast))
+        torch.autograd.backward(losses)  # d(sum)/d(loss_k) = 1: each member's own gradient, exactly
+        for m in active:
+            if m.after_backward is not None:
+                self._guard(m, m.after_backward, step)
+        self.optimizer.step()
+        for m, loss in zip(active, losses):
+            m.step_losses.append(loss.detach())
+
+    def _stacked_step(self, active: list[_Member], batches, step: int, autocast) -> None:
+        pack = self.stacked
+        x, y = batches  # [K * B, ...] in member order -> [K, B, ...]
+        x, y = x.view(pack.k, -1, *x.shape[1:]), y.view(pack.k, -1)
+        losses = pack.losses(x, y, self.cfg.label_smoothing, autocast)
+        losses.sum().backward()
+        skipped = []
+        for m in active:  # the hooks that read gradients see the member's own (views), where they may run
+            if m.after_backward is not None or (m.pruner is not None and m.pruner.mask_changed_at(step)):
+                pack.link_grads(m.index)
+                if m.after_backward is not None:
+                    self._guard(m, m.after_backward, step)
+                gone = pack.skipped(m.index)
+                if gone:  # RigL's skip_optimizer_step: that member's slice keeps its weights and state
+                    skipped.append((m.index, gone, pack.snapshot(self.optimizer, m.index, gone)))
+        self.optimizer.step()
+        for k, gone, saved in skipped:
+            pack.restore(self.optimizer, k, gone, saved)
+        if not self._linked:
+            for m in self.members:
+                pack.link_state(self.optimizer, m.trainer.optimizer, m.index)
+            self._linked = True
+        detached = losses.detach()
+        for m in active:
+            m.step_losses.append(detached[m.index])
 
     def _guard(self, member: _Member, hook, arg: int) -> None:
         if member.error is not None:
@@ -256,10 +321,14 @@ class PackedTrainer:
 
     def _drop_failed(self, members: list[_Member]) -> None:
         for m in members:
-            if m.error is not None:
-                for p in m.params:  # out of the shared step from now on
-                    p.grad = None
-                    self.optimizer.state.pop(p, None)
+            if m.error is None:
+                continue
+            if self.stacked is not None:
+                self.stacked.zero_member(self.optimizer, m.index)
+                continue
+            for p in m.params:  # out of the shared step from now on
+                p.grad = None
+                self.optimizer.state.pop(p, None)
 
 
 def _shared_plan(trainers: Sequence[Trainer]) -> list[TensorLoader] | None:
@@ -282,10 +351,10 @@ def _shared_plan(trainers: Sequence[Trainer]) -> list[TensorLoader] | None:
     return loaders
 
 
-def train_packed(trainers: Sequence[Trainer]) -> list[Any]:
+def train_packed(trainers: Sequence[Trainer], kernels: str = "auto") -> list[Any]:
     """Python API: train ``trainers`` as one pack (:class:`PackedTrainer`); members that cannot pack raise
     :class:`PackError` before any step. Returns one outcome per trainer (its summary or its exception)."""
-    return PackedTrainer(trainers).fit()
+    return PackedTrainer(trainers, kernels).fit()
 
 
 __all__ = ["PackError", "PackedTrainer", "pack_key", "pack_refusal", "train_packed"]
