@@ -38,7 +38,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 # ``python -c KILLER MODE N SIGNAL argv...``: the CLI, after arranging that this very process gets SIGNAL
 #   step N     -- at the start of training step N
-#   on_init N  -- at the N-th backward pass of a pruning-at-init search (DPaI)
+#   on_init N  -- at the N-th gradient of a pruning-at-init search (DPaI)
+#   slow N     -- never; every training step takes N ms longer (a run that lasts while another process starts)
 #   replace N  -- before the rename of the N-th atomic write whose target ends with the name in $KILL_NAME
 KILLER = r"""
 import os, signal, sys
@@ -48,6 +49,7 @@ from prunekit.train import trainer
 from prunekit.utils import io as pkio
 
 mode, n, sig, argv = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3]), sys.argv[4:]
+import time
 hit = lambda: os.kill(os.getpid(), sig)
 count = [0]
 if mode == "step":
@@ -57,21 +59,27 @@ if mode == "step":
             hit()
         return original_step(self, x, y, step, autocast)
     trainer.Trainer._train_step = _train_step
+elif mode == "slow":
+    original_step = trainer.Trainer._train_step
+    def _train_step(self, x, y, step, autocast):
+        time.sleep(n / 1000)
+        return original_step(self, x, y, step, autocast)
+    trainer.Trainer._train_step = _train_step
 elif mode == "on_init":
     from prunekit.methods import METHODS
     cls = METHODS.get("dpai")
-    original_init, original_backward = cls.on_init, torch.Tensor.backward
-    def backward(self, *a, **k):
+    original_init, original_grad = cls.on_init, torch.autograd.grad
+    def grad(*a, **k):
         count[0] += 1
         if count[0] == n:
             hit()
-        return original_backward(self, *a, **k)
+        return original_grad(*a, **k)
     def on_init(self, ctx):
-        torch.Tensor.backward = backward
+        torch.autograd.grad = grad
         try:
             return original_init(self, ctx)
         finally:
-            torch.Tensor.backward = original_backward
+            torch.autograd.grad = original_grad
     cls.on_init = on_init
 elif mode == "replace":
     original_replace = os.replace
@@ -132,7 +140,8 @@ def test_a_second_process_on_one_run_directory_waits(tmp_path):
     recipe, root = _recipe(tmp_path, method={"name": "random", "sparsity": 0.5},
                            train={"duration": "150it", "eval_every": 5}), tmp_path / "runs"
     argv = ["run", str(recipe), f"output.root={root}", "-q"]
-    first = subprocess.Popen(_cmd(argv), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(_cmd(argv, kill=("slow", 40, "SIGKILL")), env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not list(root.glob("conc/*/checkpoint-train.pt")) and time.time() < deadline:
         time.sleep(0.05)
@@ -185,7 +194,7 @@ def test_store_readers_and_writers_wait_for_a_busy_writer(tmp_path):
 
     store = ResultsStore(tmp_path / "r.sqlite")
     store.record({"run_id": "a", "method": "dense"})
-    holder = sqlite3.connect(store.path, isolation_level=None)
+    holder = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN IMMEDIATE")
     holder.execute("INSERT INTO runs (run_id, method) VALUES ('held', 'x')")
     release = threading.Timer(1.0, lambda: holder.execute("COMMIT"))

@@ -370,6 +370,9 @@ CASES: dict[str, Case] = {
                                         lambda w: _measure(w, "--num-classes", "0"), "--num-classes"),
     "numbers-measure-input-shape": Case("numbers", "`prunekit measure mlp --input-shape 0`",
                                         lambda w: _measure(w, "--input-shape", "0"), "--input-shape"),
+    "numbers-measure-input-shape-other": Case("numbers", "`prunekit measure mlp --input-shape 3 32 32` (the MLP takes "
+                                              "1x8x8)", lambda w: _measure(w, "--input-shape", "3", "32", "32"),
+                                              "--input-shape 3 32 32"),
     "numbers-export-num-classes": Case("numbers", "`prunekit export mlp --num-classes -2 --out OUT`",
                                        lambda w: ["export", "mlp", "--num-classes", "-2", "--out", str(w.tmp / "o")],
                                        "--num-classes"),

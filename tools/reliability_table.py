@@ -44,7 +44,17 @@ written by its test after the test's assertions passed, with the message or figu
 
 - The results store (SQLite, WAL) writes one transaction per run and replaces a run's row by its id, so
   concurrent sweep workers and killed writers leave it consistent (rows from `tests/test_sweep_store.py`
-  and `tests/test_sweep_kill.py`).
+  and `tests/test_sweep_kill.py`). Its header carries a schema marker (SQLite `application_id` and
+  `user_version`): a file prunekit did not write, a damaged one or one of a newer version is refused and
+  left untouched; reading opens it read-only; an older version is migrated only by a writer.
+- Before a run writes anything, everything it will read back is checked (`prunekit/experiments/rundir.py`):
+  `result.json`, `prune.json`, checkpoints, the cached pretraining's `summary.json`, and `config.yaml`
+  against the hash written beside it (`config.sha256`), so a hand edit is refused naming the keys. One
+  process at a time works in a run directory or a shared pretraining (an exclusive lock on the folder;
+  a second process waits), and a temporary file is removed only once the process that wrote it is gone.
+- A recipe `name` is one folder name under `output.root` and a run directory must resolve inside it
+  (`prunekit/experiments/paths.py`); counts, seeds, durations and sizes have bounds in the configuration
+  models and in every command-line flag.
 """
 
 

@@ -56,10 +56,27 @@ def load_model(args, need_weights: bool = False) -> Loaded:
     masks = MaskSet.load(args.masks, model) if args.masks else None
     if masks is not None:
         masks.apply_()
-    shape = tuple(args.input_shape) if args.input_shape else shape
+    default, shape = shape, tuple(args.input_shape) if args.input_shape else shape
     if not shape or any(d < 1 for d in shape):
         raise ConfigError(f"--input-shape {shape} is not allowed; allowed: positive sizes, e.g. 3 32 32")
-    return Loaded(name, model, masks, shape)
+    loaded = Loaded(name, model, masks, shape)
+    if shape != default:
+        _check_input(loaded, default)
+    return loaded
+
+
+def _check_input(loaded: Loaded, default: tuple[int, ...]) -> None:
+    """ConfigError when the model rejects one batch of ``--input-shape`` (before anything is measured or
+    written)."""
+    from ..errors import first_line
+
+    try:
+        with torch.no_grad():
+            loaded.model(example_batch(loaded, n=1))
+    except (RuntimeError, ValueError, IndexError) as e:
+        raise ConfigError(f"--input-shape {' '.join(map(str, loaded.input_shape))}: model {loaded.name!r} does not "
+                          f"accept it ({first_line(e)}); allowed: the shape it was built for, "
+                          f"{' '.join(map(str, default))}") from None
 
 
 def _existing(path: Path, required: bool = False, flag: str = "") -> str | None:
