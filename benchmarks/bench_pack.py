@@ -9,6 +9,9 @@ runs both sides, alternating which goes first. Printed per model and K: the medi
 ``sequential time / packed time`` (= packed runs per hour / sequential runs per hour), its min and
 max, and the quiet-round median (rounds where both sides are within 1.3x of their fastest).
 
+``--kernels``: the packs' loop kernels (each member's own forward/backward: bit-identical to separate
+runs) and, at K = 4 and 8, the stacked kernels (one vmapped model; the GPU default).
+
 Run: ``python -m benchmarks.bench_pack [--repeats 5] [--steps 100] [--threads 1] [--packs 1 2 4 8]``.
 """
 from __future__ import annotations
@@ -74,11 +77,11 @@ class Runs:
         sync(self.device)
         return time.perf_counter() - t0
 
-    def packed(self, k: int) -> float:
+    def packed(self, k: int, kernels: str = "loop") -> float:
         trainers = self.trainers(k)
         sync(self.device)
         t0 = time.perf_counter()
-        outcomes = PackedTrainer(trainers).fit()
+        outcomes = PackedTrainer(trainers, kernels).fit()
         sync(self.device)
         elapsed = time.perf_counter() - t0
         bad = [o for o in outcomes if isinstance(o, BaseException)]
@@ -87,16 +90,16 @@ class Runs:
         return elapsed
 
 
-def measure(runs: Runs, k: int, repeats: int) -> tuple[list[float], list[float]]:
-    runs.sequential(k), runs.packed(k)  # warm-up
+def measure(runs: Runs, k: int, repeats: int, kernels: str) -> tuple[list[float], list[float]]:
+    runs.sequential(k), runs.packed(k, kernels)  # warm-up
     seq, packed = [], []
     for r in range(repeats):
         if r % 2:
-            packed.append(runs.packed(k))
+            packed.append(runs.packed(k, kernels))
             seq.append(runs.sequential(k))
         else:
             seq.append(runs.sequential(k))
-            packed.append(runs.packed(k))
+            packed.append(runs.packed(k, kernels))
     return seq, packed
 
 
@@ -107,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--packs", type=int, nargs="*", default=[1, 2, 4, 8])
     ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--kernels", nargs="*", default=["loop", "stacked"], choices=["loop", "stacked"],
+                    help="pack kernels to time (stacked: K=4 and 8 only)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     if args.threads:
@@ -114,20 +119,20 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     print(f"device {device}, torch {torch.__version__}, intra-op threads {torch.get_num_threads()} (both sides), "
           f"repeats {args.repeats}, batch 128, random-ERK masks")
-    print(f"{'model':<14} {'K':>2} {'steps':>5} {'seq s':>7} {'pack s':>7}   {'min':>6} {'median':>6} {'max':>6} "
-          f"{'quiet':>6} {'target':>7}  met")
+    print(f"{'model':<14} {'kernels':<8} {'K':>2} {'steps':>5} {'seq s':>7} {'pack s':>7}   {'min':>6} {'median':>6} "
+          f"{'max':>6} {'quiet':>6} {'target':>7}  met")
     for name in args.models:
         steps = args.steps if name == "lenet300_100" else max(1, args.steps // 2)
         runs = Runs(name, steps, device)
-        for k in args.packs:
-            seq, packed = measure(runs, k, args.repeats)
+        for kernels, k in [(kn, k) for kn in args.kernels for k in args.packs if kn == "loop" or k >= 4]:
+            seq, packed = measure(runs, k, args.repeats, kernels)
             ratios = [s / p for s, p in zip(seq, packed)]
             med, quiet = statistics.median(ratios), quiet_median(seq, packed, lambda s, p: s / p)
-            target = TARGETS.get((name, k))
+            target = TARGETS.get((name, k)) if kernels == "loop" else None
             met = "—" if target is None else ("yes" if med >= target else "NO")
-            record("pack", f"{name} K={k} runs/hour packed / sequential", ratios, target,
+            record("pack", f"{name} K={k} {kernels} kernels: runs/hour packed / sequential", ratios, target,
                    "K sequential runs (same process, same threads)", at_least=True, quiet=quiet)
-            print(f"{name:<14} {k:>2} {steps:>5} {statistics.median(seq):>7.3f} {statistics.median(packed):>7.3f}   "
+            print(f"{name:<14} {kernels:<8} {k:>2} {steps:>5} {statistics.median(seq):>7.3f} {statistics.median(packed):>7.3f}   "
                   f"{min(ratios):>6.3f} {med:>6.3f} {max(ratios):>6.3f} {quiet:>6.3f} "
                   f"{'—' if target is None else f'>= {target:g}':>7}  {met}")
     return 0
