@@ -211,24 +211,31 @@ def clear(run_dir: Path) -> None:
             path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
+def take_lock(fd: int, what: str, on_wait: Callable[[str], None] | None = None) -> None:
+    """An exclusive ``flock`` on ``fd``; when another process holds it, ``on_wait(message)`` and block."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if on_wait is not None:
+            on_wait(f"waiting for {what}")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
 @contextlib.contextmanager
 def locked(directory: Path, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold an exclusive lock on ``directory`` (an existing folder) while the block runs; a second process
     waits. The lock is taken on the folder itself, so no lock file is left behind; the OS releases it if the
     holder dies."""
     try:
-        import fcntl
+        import fcntl  # noqa: F401
     except ImportError:  # no POSIX locks on this platform: runs are not serialised
         yield
         return
     fd = os.open(directory, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait(f"waiting for {directory} (another process is running it)")
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        take_lock(fd, f"{directory} (another process is running it)", on_wait)
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -42,6 +42,7 @@ from ..errors import ConfigError, PrunekitError
 from .config import ExperimentConfig, build_config, parse_overrides, pretrain_hash
 from .recipes import expand_grid, load_recipe
 from .runner import run_dir_for, run_experiment, store_for
+from .rundir import take_lock
 
 SWEEP_KEYS = ("base", "workers")
 
@@ -178,12 +179,7 @@ def group_lock(group: Group, on_wait: Callable[[str], None] | None = None) -> It
     path = group.root / "_locks" / f"{group.key}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait(f"waiting for {path} (another process is running these runs)")
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        take_lock(fh.fileno(), f"{path} (another process is running these runs)", on_wait)
         try:
             yield
         finally:
