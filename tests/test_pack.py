@@ -70,15 +70,20 @@ def _masks(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {} if trainer.pruner is None else {k: v.clone() for k, v in trainer.pruner.masks.items()}
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_packed_equals_separate_runs(family):
-    cfgs = _configs(FAMILIES[family])
+def _alone_and_packed(cfgs, kernels: str = "loop"):
+    """The runs of ``cfgs`` trained one by one, and the same runs trained as one pack."""
     alone = [_trainer(c) for c in cfgs]
     for t in alone:
         t.fit()
     packed = [_trainer(c) for c in cfgs]
-    outcomes = train_packed(packed)
+    outcomes = train_packed(packed, kernels)
     assert all(isinstance(o, dict) for o in outcomes), outcomes
+    return alone, packed, outcomes
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_packed_equals_separate_runs(family):
+    alone, packed, outcomes = _alone_and_packed(_configs(FAMILIES[family]))
     for a, p, o in zip(alone, packed, outcomes):
         la, lp = _losses(a), _losses(p)
         assert len(la) == len(lp) == STEPS
@@ -105,13 +110,8 @@ def test_dst_masks_change_during_the_pack():
 @pytest.mark.parametrize("method", [{"name": "snip"}, {"name": "structured", "when": "init"}])
 def test_conv_members_pack_with_channels_last(method):
     base = {**BASE, **CONV}
-    cfgs = _configs(method, base=base, seeds=(0, 1), duration="12it")
-    alone = [_trainer(c) for c in cfgs]
-    for t in alone:
-        t.fit()
-    packed = [_trainer(c) for c in cfgs]
+    alone, packed, _ = _alone_and_packed(_configs(method, base=base, seeds=(0, 1), duration="12it"))
     assert all(t.channels_last for t in packed)
-    train_packed(packed)
     for a, p in zip(alone, packed):
         assert torch.allclose(torch.tensor(_losses(p)), torch.tensor(_losses(a)), rtol=1e-5, atol=0)
 
@@ -207,13 +207,9 @@ STACKED = ["dense", "snip", "omp", "lap", "set", "rigl", "granet"]
 @pytest.mark.parametrize("family", STACKED)
 def test_stacked_kernels_agree_with_separate_runs(family):
     """One model with stacked parameters (vmap): the losses agree to rounding, the masks exactly."""
-    cfgs = _configs(FAMILIES[family])
-    alone = [_trainer(c) for c in cfgs]
-    for t in alone:
-        t.fit()
-    packed = [_trainer(c) for c in cfgs]
-    pack = PackedTrainer(packed, kernels="stacked")
-    assert pack.stacked is not None and all(isinstance(o, dict) for o in pack.fit())
+    alone, packed, _ = _alone_and_packed(_configs(FAMILIES[family]), kernels="stacked")
+    w = [p.model.layers[0].weight for p in packed]  # the members' weights are slices of one stacked tensor
+    assert len({x.untyped_storage().data_ptr() for x in w}) == 1 and w[0].untyped_storage().nbytes() == 3 * w[0].nbytes
     for a, p in zip(alone, packed):
         assert torch.allclose(torch.tensor(_losses(p)), torch.tensor(_losses(a)), rtol=1e-5, atol=0)
         ma, mp = _masks(a), _masks(p)
