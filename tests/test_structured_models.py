@@ -369,3 +369,10 @@ def test_a_request_that_removes_nothing_is_an_error():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
     with pytest.raises(ModelError, match="removes no channel"):
         pk.create("structured", model, sparsity=0.1, input_shape=(1, 8, 8)).prune()  # keeps 4 of 4
+
+
+def test_multihead_attention_with_its_own_key_dims_is_refused():
+    model = MHAViT()
+    model.blocks[0]["attn"] = nn.MultiheadAttention(32, 4, batch_first=True, add_zero_attn=True)
+    with pytest.raises(ModelError, match="add_zero_attn"):
+        pk.create("structured", model, sparsity=0.5, input_shape=(3, 16, 16)).prune()

@@ -215,8 +215,10 @@ class StructuredPruner(Pruner):
         """Masks from per-weight ``scores`` (``{weight name: tensor}``, e.g. a HYDRA/BiP pruner's
         ``dict(zip(bank.names, bank.scores_v))``), aggregated per channel (per head in attention) and
         chosen per group. Raises :class:`ModelError` when nothing can be removed."""
-        from ..export.heads import unit_scores
+        from ..export.heads import check_mha_prunable, find_attention, unit_scores
 
+        for a in find_attention(self.model):  # (before tracing: such layouts can break the tracer)
+            check_mha_prunable(a)  # an MHA layout whose heads cannot be removed exactly: refuse, never skip
         graph = ChannelGraph(copy.deepcopy(self.model), self._example(ctx))
         groups, attention = self._eligible(graph), self._eligible_heads(graph)
         per_unit = [self._unit_scores(g, scores) for g in groups] + [unit_scores(a, scores, self.config.reduce)
