@@ -211,10 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import signal
     import threading
 
-    try:
-        args = parse_args(argv)
-    except SystemExit as e:  # argparse: --help (0), or a bad flag or value (2, its one line already printed)
-        return e.code if isinstance(e.code, int) else 2
+    args = parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:

@@ -49,7 +49,7 @@ written by its test after the test's assertions passed, with the message or figu
   left untouched; reading opens it read-only; an older version is migrated only by a writer.
 - Before a run writes anything, everything it will read back is checked (`prunekit/experiments/rundir.py`):
   `result.json`, `prune.json`, checkpoints, the cached pretraining's `summary.json`, and `config.yaml`
-  against the hash written beside it (`config.sha256`), so a hand edit is refused naming the keys. One
+  against the hash on its first line (a YAML comment), so a hand edit is refused naming the keys. One
   process at a time works in a run directory or a shared pretraining (an exclusive lock on the folder;
   a second process waits), and a temporary file is removed only once the process that wrote it is gone.
 - A recipe `name` is one folder name under `output.root` and a run directory must resolve inside it

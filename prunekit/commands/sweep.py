@@ -1,15 +1,13 @@
 """``prunekit sweep SWEEP.yaml``: run a grid of experiments (see :mod:`prunekit.experiments.sweep`)."""
 from __future__ import annotations
 
-from ._args import int_in
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("sweep", help="run a grid of runs (methods x sparsities x seeds x ...), N workers, "
                                             "skipping finished runs")
     p.add_argument("sweep", help="sweep file (a recipe with a grid, optional base: and workers:) or recipe name")
     p.add_argument("overrides", nargs="*", help="key=value settings for every run; grid.KEY=[...] edits the grid")
-    p.add_argument("--workers", "-j", type=int_in(1, 1024), default=None, help="worker processes (default: the file's workers, else 1)")
+    p.add_argument("--workers", "-j", type=int, default=None, help="worker processes (default: the file's workers, else 1)")
     p.add_argument("--pack", type=int, default=None, metavar="K",
                    help="train up to K runs at a time as one pack in this process (same results and files as "
                         "unpacked; methods that cannot pack say why and run unpacked)")
@@ -80,10 +78,10 @@ def cmd_sweep(args) -> int:
 
     sweep = load_sweep(args.sweep, args.overrides)  # every run validated before any starts
     workers = sweep.workers if args.workers is None else args.workers
-    if workers < 1:
+    if not 1 <= workers <= 1024:  # checked here, not by argparse: `main` returns 2 rather than exiting
         from ..errors import ConfigError
 
-        raise ConfigError(f"--workers={workers}: allowed: an integer >= 1")
+        raise ConfigError(f"--workers={workers}: allowed: an integer in [1, 1024]")
     console = _console()
     if args.dry_run:
         return dry_run(sweep, workers, console)

@@ -1,8 +1,8 @@
 """Run-directory integrity: every file a run reads back is checked before anything is written, a
 hand-edited ``config.yaml`` is detected, and one process at a time works in a directory.
 
-* :func:`preflight` validates what a run will read (``result.json``, ``config.yaml`` against the hash prunekit
-  wrote beside it, ``prune.json`` of a partial run, checkpoint paths, the cached pretraining's
+* :func:`preflight` validates what a run will read (``result.json``, ``config.yaml`` against the hash on its
+  first line, ``prune.json`` of a partial run, checkpoint paths, the cached pretraining's
   ``summary.json``), the output locations and the results store; it writes nothing. A damaged file is a
   :class:`~prunekit.errors.RunDirError` naming it and the fix (``--force`` redoes the run).
 * :func:`locked` holds an exclusive lock on a directory (the run's, the shared pretraining's, an IMP
@@ -24,9 +24,9 @@ from ..errors import RunDirError
 from .config import ExperimentConfig, pretrain_hash
 from .paths import check_inside, check_output_dir
 
-CONFIG_HASH = "config.sha256"
-RUN_FILES = ("result.json", "prune.json", "masks.safetensors", "masks.json", "model.safetensors", "levels.jsonl",
-             CONFIG_HASH)  # what --force removes (with checkpoints and metrics) before redoing a run
+HASH_LINE = "# written by prunekit; sha256 of the lines below: "  # config.yaml's first line (a YAML comment)
+RUN_FILES = ("result.json", "prune.json", "masks.safetensors", "masks.json", "model.safetensors",
+             "levels.jsonl")  # what --force removes (with checkpoints and metrics) before redoing a run
 FORCE = "run again with --force to redo the run"
 
 
@@ -70,7 +70,17 @@ def read_jsonl(path: Path, fix: str = FORCE) -> list[dict[str, Any]]:
 
 
 def config_text(cfg: ExperimentConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """``config.yaml``: the resolved settings, after a comment line with their hash (:data:`HASH_LINE`)."""
+    body = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return f"{HASH_LINE}{_sha(body)}\n{body}"
+
+
+def _unedited(text: str) -> bool | None:
+    """Whether ``config.yaml``'s text is as prunekit wrote it (None: no hash line, an older version's file)."""
+    first, _, body = text.partition("\n")
+    if not first.startswith(HASH_LINE):
+        return None
+    return first[len(HASH_LINE):].strip() == _sha(body)
 
 
 def _sha(text: str) -> str:
@@ -78,19 +88,17 @@ def _sha(text: str) -> str:
 
 
 def write_config(run_dir: Path, cfg: ExperimentConfig) -> None:
-    """``config.yaml`` and the hash of what was written (:data:`CONFIG_HASH`). A file prunekit wrote that
-    differs at most in ``output`` (where the run lives, not what it is: a moved output root) is left as it is,
-    so a resume that fails later has written nothing."""
+    """``config.yaml`` with its hash line. A file prunekit wrote that differs at most in ``output`` (where the
+    run lives, not what it is: a moved output root) is left as it is, so a resume that fails later has
+    written nothing."""
     from ..utils.io import atomic_write_text
 
-    text = config_text(cfg)
-    path, stamp = run_dir / "config.yaml", run_dir / CONFIG_HASH
-    if path.is_file() and stamp.is_file():
+    path = run_dir / "config.yaml"
+    if path.is_file():
         old = path.read_text()
-        if _sha(old) == stamp.read_text().strip() and _differing(old, cfg, ignore=("output",)) == []:
+        if _unedited(old) and _differing(old, cfg, ignore=("output",)) == []:
             return
-    atomic_write_text(path, text)
-    atomic_write_text(run_dir / CONFIG_HASH, _sha(text) + "\n")
+    atomic_write_text(path, config_text(cfg))
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -116,16 +124,18 @@ def _differing(text: str, cfg: ExperimentConfig, ignore: tuple[str, ...] = NOT_I
 
 
 def check_config(run_dir: Path, cfg: ExperimentConfig) -> None:
-    """RunDirError when ``config.yaml`` differs from what prunekit wrote (its hash in :data:`CONFIG_HASH`) in
-    a setting of the run (not layout, comments or ``output``), naming the differing keys."""
-    path, stamp = run_dir / "config.yaml", run_dir / CONFIG_HASH
-    if not path.exists() or not stamp.is_file():  # a run directory of a version without the hash
+    """RunDirError when ``config.yaml`` was changed since prunekit wrote it (the hash on its first line does not
+    match, or the line is gone) in a setting of the run (not layout, comments or ``output``), naming the
+    differing keys."""
+    path = run_dir / "config.yaml"
+    if not path.exists():
         return
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise _damaged(path, f"not readable ({type(e).__name__})") from None
-    if _sha(text) == stamp.read_text().strip():
+    unedited = _unedited(text)
+    if unedited:
         return
     fix = "restore it (settings belong in the recipe or key=value overrides), or run again with --force to redo " \
           "the run with the settings given"
@@ -133,10 +143,14 @@ def check_config(run_dir: Path, cfg: ExperimentConfig) -> None:
         edited = yaml.safe_load(text)
     except yaml.YAMLError:
         raise _damaged(path, "was edited by hand since prunekit wrote it and is no longer valid YAML", fix) from None
+    if not isinstance(edited, dict):
+        raise _damaged(path, "was edited by hand since prunekit wrote it and is no longer a mapping of settings", fix)
+    ours, theirs = _flat(cfg.model_dump(mode="json")), _flat(edited)
     keys = _differing(text, cfg)
+    if unedited is None:  # no hash line: edited, or an older version's file (settings it did not have are fine)
+        keys = [k for k in keys if k in ours and k in theirs]
     if not keys:
         return
-    ours, theirs = _flat(cfg.model_dump(mode="json")), _flat(edited)
     shown = ", ".join(f"{k}: {theirs.get(k, '<unset>')!r} in the file, {ours.get(k, '<unset>')!r} in the run's "
                       f"settings" for k in keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
     raise _damaged(path, f"was edited by hand since prunekit wrote it ({shown})", fix)

@@ -275,7 +275,9 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
         wall = pre["wall_time"] + extra.get("prune_time", 0.0) + summary["wall_time"]
         add_sparse_phase(cost, pruner, summary["steps"], _flops_ratio(built))
     elif schedule == "iterative":
-        summary, wall, extra = _run_levels(cfg, built, run_dir, rep)
+        _chain_dir(cfg).mkdir(parents=True, exist_ok=True)
+        with _locked(_chain_dir(cfg)):  # runs sharing these IMP levels train each level once
+            summary, wall, extra = _run_levels(cfg, built, run_dir, rep)
         cost = extra.pop("cost")
     else:
         ckpt = run_dir / "checkpoint-train.pt"
@@ -341,6 +343,13 @@ def _load_level(directory: Path, built: Built) -> tuple[dict[str, Any], dict[str
     return rundir.read_json(directory / "summary.json", fix=f"delete {directory} to recompute the level"), rewind
 
 
+def _chain_dir(cfg: ExperimentConfig) -> Path:
+    """``<root>/_imp/<hash>``: the IMP levels every run with these settings (but the final sparsity) shares."""
+    chain_id = {**pretrain_identity(cfg), "method": {m: v for m, v in cfg.method.items() if m != "sparsity"}}
+    digest = hashlib.sha256(json.dumps(chain_id, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return Path(cfg.output.root) / "_imp" / digest
+
+
 def _run_levels(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporter) -> tuple[dict, float, dict]:
     """IMP levels (open_lth ``lottery/runner.py``): level 0 trains the dense network with ``cfg.train``
     (the shared pretraining unless weights rewind to a step k > 0, which level 0 must record); every
@@ -351,9 +360,7 @@ def _run_levels(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
     except the last (the run's own row), a store row with status ``level``."""
     pruner = built.pruner
     k, mode = pruner.config.rewind_step, pruner.config.rewind
-    chain_id = {**pretrain_identity(cfg), "method": {m: v for m, v in cfg.method.items() if m != "sparsity"}}
-    chain = Path(cfg.output.root) / "_imp" / hashlib.sha256(json.dumps(chain_id, sort_keys=True, default=str)
-                                                           .encode()).hexdigest()[:10]
+    chain = _chain_dir(cfg)
     rewind = _state_copy(built.model)  # θ0
     pruner.level = 0
     if mode == "weights" and k > 0:
