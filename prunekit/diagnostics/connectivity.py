@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..errors import LayerCollapseError
 from ..scoring.data import threads_for
-from ..scoring.paths import FlatLayout, PathCounter
+from ..scoring.paths import FlatLayout, PathCounter, canonical, transposed_weights
 from ..sparsity import MaskSet
 
 
@@ -92,16 +92,18 @@ def connectivity(model: nn.Module, masks: MaskSet, input_shape: Sequence[int]) -
 
 def _connectivity(model: nn.Module, masks: MaskSet, input_shape: Sequence[int]) -> Connectivity:
     eff = effective_masks(model, masks, input_shape)
-    layout = FlatLayout([m.shape for m in masks.values()], device=next(iter(eff.values())).device)
-    flat = torch.cat([e.reshape(-1) for e in eff.values()])
+    transposed = transposed_weights(model, masks.names())  # nodes are output units: count on [out, in]
+    eff_units = canonical(list(eff.values()), transposed)
+    layout = FlatLayout([e.shape for e in eff_units], device=next(iter(eff.values())).device)
+    flat = torch.cat([e.reshape(-1) for e in eff_units])
     nodes, kernels, _ = layout.unit_alive(flat)
     per_nodes = layout.per_layer(nodes, "node")
     per_kernels = layout.per_layer(kernels, "kernel")
     layers = {}
-    for i, (n, m) in enumerate(masks.items()):
+    for i, ((n, m), tr) in enumerate(zip(masks.items(), transposed)):
         kernel = 1 if m.dim() <= 2 else m[0, 0].numel()
         layers[n] = {"numel": m.numel(), "kept": int(m.sum()), "effective": int(eff[n].sum()),
-                     "nodes": per_nodes[i], "nodes_total": m.shape[0],
+                     "nodes": per_nodes[i], "nodes_total": m.shape[1 if tr else 0],
                      "kernels": per_kernels[i], "kernels_total": m.numel() // kernel}
     return Connectivity(
         numel=masks.numel(), kept=masks.nnz(), effective=int(flat.sum()),

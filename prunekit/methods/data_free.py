@@ -29,6 +29,8 @@ def attention_kept_dense(model: nn.Module, input_shape: Sequence[int], values: b
     out = {n: QUERY_KEY for n in score_only(roles)}
     if values:
         out.update({n: VALUE for n, r in roles.items() if "value" in r})
+    # one layer projecting q or k together with v (GPT-2's c_attn): its q/k part has no path either
+    out.update({n: PACKED for n, r in roles.items() if "value" in r and r & {"query", "key"} and n not in out})
     out.update({n: PACKED for n in packed_attention_weights(model)})
     return out
 

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ..errors import LayerCollapseError
 from ..scoring.data import input_shape_from, threads_for
-from ..scoring.paths import FlatLayout, PathCounter
+from ..scoring.paths import FlatLayout, PathCounter, canonical, transposed_weights
 from ..scoring.topk import SegmentTopK
 from ..sparsity import allocate, num_zeros
 from .base import InitPruner, MethodConfig, PruneContext
@@ -85,10 +85,13 @@ class SearchResult:
 
     keep: Tensor
     history: Tensor
-    layout: FlatLayout
+    layout: FlatLayout  # over the [out, in] form of each weight
+    transposed: tuple[bool, ...] = ()  # weights stored [in, out] (HF Conv1D)
 
     def masks(self) -> list[Tensor]:
-        return self.layout.views(self.keep)
+        """Per-layer masks in the parameters' own layout."""
+        views = self.layout.views(self.keep)
+        return canonical(views, self.transposed) if self.transposed else views
 
     @property
     def final(self) -> dict[str, float]:
@@ -126,7 +129,8 @@ def dpai_search(model: nn.Module, names: Sequence[str], zeros: Sequence[int] | i
 
 def _search(model, names, zeros, input_shape, scores, alpha, beta, lr, steps, check_every) -> SearchResult:
     params = dict(model.named_parameters())
-    layout = FlatLayout([params[n].shape for n in names], device=scores.device)
+    transposed = transposed_weights(model, names)
+    layout = FlatLayout([p.shape for p in canonical([params[n] for n in names], transposed)], device=scores.device)
     sizes = [layout.total] if isinstance(zeros, int) else layout.numels
     keeps = [n - z for n, z in zip(sizes, [zeros] if isinstance(zeros, int) else zeros)]
     topk = SegmentTopK(sizes, scores.device)
@@ -145,7 +149,7 @@ def _search(model, names, zeros, input_shape, scores, alpha, beta, lr, steps, ch
             keep = select(s)
             with torch.no_grad():
                 hard.copy_(keep)
-            log_p = counter.log_paths(layout.views(hard))
+            log_p = counter.log_paths(canonical(layout.views(hard), transposed))
             (g,) = torch.autograd.grad(log_p, hard)
             g_path = g.mul_(s.detach().sign())  # straight-through: d|s|/ds = sign(s)
             effective = (g_path.abs() > 0).logical_and_(keep)  # NaN (no path at all) counts as not effective
@@ -164,7 +168,8 @@ def _search(model, names, zeros, input_shape, scores, alpha, beta, lr, steps, ch
             g_kernel = g_path * layout.broadcast((~kernel_alive).to(g.dtype), "kernel")
             s.grad = -((1 - alpha) * g_path + alpha * ((1 - beta) * g_node + beta * g_kernel))
             opt.step()
-    return SearchResult(keep=select(s).clone(), history=torch.stack(rows).cpu(), layout=layout)
+    return SearchResult(keep=select(s).clone(), history=torch.stack(rows).cpu(), layout=layout,
+                        transposed=tuple(transposed))
 
 
 @METHODS.register("dpai", family="pai", when="init")

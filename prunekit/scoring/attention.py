@@ -23,7 +23,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..modelio import call_model
 from .data import train_mode
-from .paths import PATH_LAYERS
+from .paths import counted_layer_types
 
 #: autograd nodes a projection's output may pass through before it is a query, key or value
 _SHAPE_OPS = {"View", "Reshape", "ReshapeAlias", "UnsafeView", "Transpose", "Permute", "Expand", "Clone", "Split",
@@ -98,7 +98,8 @@ def _logit_operands(node: Any) -> list[tuple[str, Any]]:
 def attention_projections(model: nn.Module, probe: Any) -> dict[str, set[str]]:
     """``{weight name: roles}`` (``"query"``, ``"key"``, ``"value"``) of the Conv/Linear layers whose output
     is an attention's query, key or value, from one eval-mode forward of ``probe``; ``{}`` without attention."""
-    names = {m: (f"{n}.weight" if n else "weight") for n, m in model.named_modules() if isinstance(m, PATH_LAYERS)}
+    names = {m: (f"{n}.weight" if n else "weight") for n, m in model.named_modules()
+             if isinstance(m, counted_layer_types())}
     producers: dict[Any, str] = {}
 
     def hook(mod, args, output):

@@ -29,11 +29,30 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from ..sparsity.targets import hf_conv1d_type, weight_layout
 from ..errors import MaskError, ModelError
 from ..modelio import call_model, logits_of
 from .tokens import input_embeddings, probe_input, summed_lookup, zero_lookup
 
 PATH_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def counted_layer_types() -> tuple[type[nn.Module], ...]:
+    """What :class:`PathCounter` counts through: :data:`PATH_LAYERS` and, when transformers is loaded,
+    Hugging Face's ``Conv1D`` (a linear layer with its weight stored ``[in, out]``)."""
+    conv1d = hf_conv1d_type()
+    return PATH_LAYERS + ((conv1d,) if conv1d is not None else ())
+
+
+def transposed_weights(model: nn.Module, names: Sequence[str]) -> list[bool]:
+    """Per weight name: stored ``[in, out]`` (HF ``Conv1D``). Unit bookkeeping (nodes are output units,
+    :class:`FlatLayout`) works on the ``[out, in]`` form, so such weights are transposed in and out of it."""
+    return [weight_layout(model.get_submodule(n.rsplit(".", 1)[0] if "." in n else "")) == "in_out" for n in names]
+
+
+def canonical(tensors: Sequence[Tensor], transposed: Sequence[bool]) -> list[Tensor]:
+    """``[out, in, ...]`` views of per-layer tensors (a transposed weight's ``.t()``; an involution)."""
+    return [t.t() if tr else t for t, tr in zip(tensors, transposed)]
 _ACTIVATIONS = tuple(
     cls for cls in vars(nn.modules.activation).values()
     if isinstance(cls, type) and issubclass(cls, nn.Module) and cls.__module__ == nn.modules.activation.__name__
@@ -110,7 +129,7 @@ class PathCounter:
         self._layers: list[nn.Module] = []
         for n in self.names:
             mod = modules.get(n.rsplit(".", 1)[0] if "." in n else "")
-            if not isinstance(mod, PATH_LAYERS) or mod.weight is None or n.rsplit(".", 1)[-1] != "weight":
+            if not isinstance(mod, counted_layer_types()) or mod.weight is None or n.rsplit(".", 1)[-1] != "weight":
                 raise MaskError(f"path counting needs Conv/Linear weights; {n!r} is not one")
             self._layers.append(mod)
         self._index = {id(m): i for i, m in enumerate(self._layers)}
@@ -131,7 +150,7 @@ class PathCounter:
         self.model.eval()  # identity modules make this irrelevant, except for user modules that check it
         reads_input = {id(self.model.get_submodule(n)) for n in self.token_embeddings}
         for mod in self.model.modules():
-            if isinstance(mod, PATH_LAYERS):
+            if isinstance(mod, counted_layer_types()):
                 fwd = self._layer_forward(mod)
             elif isinstance(mod, IDENTITY_TYPES):
                 fwd = _identity
@@ -165,6 +184,7 @@ class PathCounter:
     def _layer_forward(self, mod: nn.Module):
         i = self._index.get(id(mod))
         conv = isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+        transposed = weight_layout(mod) == "in_out"  # HF Conv1D: x @ w with w [in, out]
         dense: list[Tensor] = []
 
         def forward(x: Tensor) -> Tensor:
@@ -180,7 +200,9 @@ class PathCounter:
                 top = x.max()  # not detached, as in the reference: the rescaling is part of the graph
                 self._maxes.append(top)
                 x = x / top
-            return mod._conv_forward(x, w, None) if conv else F.linear(x, w)
+            if conv:
+                return mod._conv_forward(x, w, None)
+            return F.linear(x, w.t() if transposed else w)
 
         return forward
 
