@@ -38,8 +38,10 @@ def quiet_rounds(a: list[float], b: list[float]) -> list[int]:
 
 
 def quiet_median(a: list[float], b: list[float], ratio: Callable[[float, float], float]) -> float:
-    """Median of ``ratio(a[i], b[i])`` over the quiet rounds (:func:`quiet_rounds`)."""
-    return statistics.median(ratio(a[i], b[i]) for i in quiet_rounds(a, b))
+    """Median of ``ratio(a[i], b[i])`` over the quiet rounds (:func:`quiet_rounds`); NaN when no round
+    was quiet on both sides (printed as such: the machine was too busy for this measure)."""
+    quiet = [ratio(a[i], b[i]) for i in quiet_rounds(a, b)]
+    return statistics.median(quiet) if quiet else float("nan")
 
 
 def record(bench: str, measure: str, values: list[float], target: float | None, unit: str,
@@ -54,7 +56,7 @@ def record(bench: str, measure: str, values: list[float], target: float | None, 
     met = None if target is None else bool(med >= target if at_least else med <= target)
     row = {"bench": bench, "measure": measure, "unit": unit, "repeats": len(values), "min": min(values),
            "median": med, "max": max(values), "target": target, "at_least": at_least, "met": met,
-           "quiet": quiet}
+           "quiet": None if quiet is None or quiet != quiet else quiet}  # NaN: no quiet round
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
 
