@@ -69,3 +69,16 @@ def test_dpai_on_gpt2_keeps_the_packed_qkv_projection_dense():
     assert pruner.masks.sparsity() == pytest.approx(0.8, abs=1e-3)
     eff = connectivity(model, pruner.masks, (8,))
     assert all(r["effective"] > 0 for r in eff.layers.values())
+
+
+@pytest.mark.parametrize("method", ["phew", "npb", "synflow"])
+def test_path_methods_on_conv1d_equal_linear_transposed(method):
+    lin, conv = pair()
+    masks = {}
+    for key, model in (("lin", lin), ("conv", conv)):
+        pruner = pk.create(method, model, sparsity=0.8, seed=3, input_shape=(12,),
+                           **({"rounds": 5} if method == "synflow" else {}))
+        pruner.prune()
+        masks[key] = pruner.masks
+    for name in ("fc1.weight", "fc2.weight", "head.weight"):
+        assert torch.equal(masks["conv"][name].t(), masks["lin"][name]), name

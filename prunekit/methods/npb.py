@@ -138,8 +138,9 @@ class NPB(DataFreePruner):
                 role = self._role(layer, i)
                 keep = num_keep(layer.numel, budgets[layer.name])
                 counts, info = self._solve_layer(layer, role, paths, keep, max_p, budgets[layer.name], gen)
-                weight = params[layer.name]
+                weight = params[layer.name].t() if layer.transposed else params[layer.name]  # its [out, in] form
                 mask = counts_to_mask(counts, tuple(weight.shape[2:]), position_ranks(weight, cfg.kernel_positions, gen))
+                mask = mask.t() if layer.transposed else mask
                 current[layer.name] = mask.to(device=device, dtype=torch.float64)
                 rows.append({"layer": layer.name, "role": role, **info})
                 if role == "shortcut" and max_p > cfg.max_p_floor:

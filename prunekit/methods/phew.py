@@ -20,6 +20,7 @@ import torch
 
 from ..errors import MaskError
 from ..scoring.data import input_shape_from
+from ..scoring.paths import transposed_names
 from ..scoring.phew import PhewWalker, phew_keep, trace_layers
 from ..sparsity import num_keep
 from .base import PruneContext
@@ -56,7 +57,8 @@ class PHEW(KeepsLayersDense, DataFreePruner):
             walker = self.walker(shape, skip=[n for n, why in attention.items() if why == QUERY_KEY])
             kept = phew_keep(walker, total, keep, self.generator())
         numels = [m.numel() for m in self.masks.values()]
-        self.masks.update_({n: k.view(m.shape).to(m.device)
+        flipped = set(transposed_names(self.model, self.masks.names()))  # walked in their [out, in] form
+        self.masks.update_({n: (k.view(m.shape[::-1]).t() if n in flipped else k.view(m.shape)).to(m.device)
                             for (n, m), k in zip(self.masks.items(), kept.split(numels))})
         self.enforce()
         return self.masks
@@ -74,4 +76,5 @@ class PHEW(KeepsLayersDense, DataFreePruner):
             raise MaskError(f"phew: {missing[0]!r} is not a Conv/Linear weight used in the forward pass")
         params = dict(self.model.named_parameters())
         weights = [params[c.name].detach().cpu() for c in chain]
+        weights = [w.t() if c.transposed else w for w, c in zip(weights, chain)]
         return PhewWalker(chain, weights, [offsets.get(c.name) for c in chain], self.config.jump)

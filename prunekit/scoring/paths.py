@@ -50,6 +50,11 @@ def transposed_weights(model: nn.Module, names: Sequence[str]) -> list[bool]:
     return [weight_layout(model.get_submodule(n.rsplit(".", 1)[0] if "." in n else "")) == "in_out" for n in names]
 
 
+def transposed_names(model: nn.Module, names: Sequence[str]) -> list[str]:
+    """The names among ``names`` whose weight is stored ``[in, out]``."""
+    return [n for n, t in zip(names, transposed_weights(model, names)) if t]
+
+
 def canonical(tensors: Sequence[Tensor], transposed: Sequence[bool]) -> list[Tensor]:
     """``[out, in, ...]`` views of per-layer tensors (a transposed weight's ``.t()``; an involution)."""
     return [t.t() if tr else t for t, tr in zip(tensors, transposed)]

@@ -39,7 +39,8 @@ from torch import Tensor, nn
 from ..errors import MaskError
 from ..modelio import call_model
 from .data import train_mode
-from .paths import PATH_LAYERS
+from ..sparsity.targets import weight_layout
+from .paths import PATH_LAYERS, counted_layer_types
 from .tokens import model_probe
 
 Jump = Literal["reference", "block_input"]
@@ -56,6 +57,7 @@ class ChainLayer:
     kernel: int
     branch_of: int = -1
     conv: bool = True
+    transposed: bool = False  # weight stored [in, out] (HF Conv1D): walks and masks use its [out, in] form
 
     @property
     def numel(self) -> int:
@@ -68,7 +70,7 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], skip: Collection[
     layer it branches from. Layers whose weight is named in ``skip`` (attention queries and keys) are left
     out of the chain."""
     layers = {id(m): n for n, m in model.named_modules()
-              if isinstance(m, PATH_LAYERS) and isinstance(getattr(m, "weight", None), Tensor)
+              if isinstance(m, counted_layer_types()) and isinstance(getattr(m, "weight", None), Tensor)
               and (f"{n}.weight" if n else "weight") not in skip}
     probe = model_probe(model, input_shape)
     calls: list[tuple[nn.Module, object]] = []
@@ -82,17 +84,19 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], skip: Collection[
             h.remove()
     out: list[ChainLayer] = []
     inputs: list[object] = []
+    param_names = {id(p): n for n, p in model.named_parameters()}  # a tied weight: the name it has there
     for mod, x in calls:
         name = layers[id(mod)]
-        weight_name = f"{name}.weight" if name else "weight"
+        weight_name = param_names[id(mod.weight)]
         if any(c.name == weight_name for c in out):
             raise MaskError(f"{name!r} is called more than once in a forward pass; a chain of layers is needed")
         if getattr(mod, "groups", 1) != 1:
             raise MaskError(f"{name!r} is a grouped convolution (groups={mod.groups}); not supported")
-        w = mod.weight
+        transposed = weight_layout(mod) == "in_out"
+        w = mod.weight.t() if transposed else mod.weight
         branch_of = next((i for i, t in enumerate(inputs) if t is x), -1)
         out.append(ChainLayer(weight_name, int(w.shape[1]), int(w.shape[0]), int(w[0, 0].numel()), branch_of,
-                              not isinstance(mod, nn.Linear)))
+                              isinstance(mod, PATH_LAYERS) and not isinstance(mod, nn.Linear), transposed))
         inputs.append(x)
     return out
 
