@@ -34,6 +34,20 @@ def attention_kept_dense(model: nn.Module, input_shape: Sequence[int], values: b
     out.update({n: PACKED for n in packed_attention_weights(model)})
     return out
 
+FUNCTIONAL = ("nn.MultiheadAttention out_proj: applied functionally inside the attention (its forward is never "
+              "called), so no walk or layer-by-layer program can trace it")
+
+
+def untraceable_attention_weights(model: nn.Module) -> dict[str, str]:
+    """``{weight name: reason}`` of the ``nn.MultiheadAttention`` weights a method that follows the layers a
+    forward pass calls (PHEW's walks, NPB's layer programs) cannot see: the packed projections and the
+    out-projection, which the module applies with ``F.linear`` instead of calling it."""
+    out = {n: PACKED for n in packed_attention_weights(model)}
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.MultiheadAttention):
+            out[f"{name}.out_proj.weight" if name else "out_proj.weight"] = FUNCTIONAL
+    return out
+
 
 class KeepsLayersDense:
     """Targets a method's definition cannot select in leave its mask set: they stay dense, do not count in

@@ -40,7 +40,7 @@ from ..scoring.phew import ChainLayer, trace_layers
 from ..sparsity import allocate, num_keep
 from ..sparsity.targets import SHORTCUT_WORDS
 from .base import PruneContext
-from .data_free import DataFreeConfig, DataFreePruner
+from .data_free import DataFreeConfig, DataFreePruner, KeepsLayersDense, untraceable_attention_weights
 from .registry import METHODS
 
 
@@ -95,7 +95,7 @@ def chunk_budgets(keep: int, widths: list[int], per_unit: int) -> list[int]:
 
 
 @METHODS.register("npb", family="pai", when="init")
-class NPB(DataFreePruner):
+class NPB(KeepsLayersDense, DataFreePruner):
     """NPB masks at initialization (layer-by-layer node-path balancing); see the module docstring.
     After ``prune()``, ``layers`` holds per layer its role, budget, ``max_p``, chunks and objective."""
 
@@ -108,6 +108,7 @@ class NPB(DataFreePruner):
         cfg = self.config
         ctx = ctx or PruneContext()
         shape = input_shape_from(cfg.input_shape, ctx.batches, self.name)
+        self.keep_dense(untraceable_attention_weights(self.model))
         chain = [c for c in trace_layers(self.model, shape) if c.name in self.masks]
         missing = sorted(set(self.masks.names()) - {c.name for c in chain})
         if missing:

@@ -24,7 +24,8 @@ from ..scoring.paths import transposed_names
 from ..scoring.phew import PhewWalker, phew_keep, trace_layers
 from ..sparsity import num_keep
 from .base import PruneContext
-from .data_free import QUERY_KEY, DataFreeConfig, DataFreePruner, KeepsLayersDense, attention_kept_dense
+from .data_free import (QUERY_KEY, DataFreeConfig, DataFreePruner, KeepsLayersDense, attention_kept_dense,
+                        untraceable_attention_weights)
 from .registry import METHODS
 
 
@@ -48,7 +49,7 @@ class PHEW(KeepsLayersDense, DataFreePruner):
         ctx = ctx or PruneContext()
         shape = input_shape_from(self.config.input_shape, ctx.batches, self.name)
         attention = attention_kept_dense(self.model, shape)
-        self.keep_dense(attention)
+        self.keep_dense({**attention, **untraceable_attention_weights(self.model)})
         total = self.masks.numel()
         keep = num_keep(total, self.target_sparsity())
         if keep == total:

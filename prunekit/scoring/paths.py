@@ -153,10 +153,16 @@ class PathCounter:
         self.ones = probe_input(self.input_shape, bool(self.token_embeddings), device, self.dtype)
         self._flags = [(m, m.training) for m in self.model.modules()]
         self.model.eval()  # identity modules make this irrelevant, except for user modules that check it
+        # the fused inference kernels of nn.TransformerEncoderLayer / MultiheadAttention would bypass the
+        # patched layer forwards (and mix dtypes) under no_grad
+        self._fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
         reads_input = {id(self.model.get_submodule(n)) for n in self.token_embeddings}
         for mod in self.model.modules():
             if isinstance(mod, counted_layer_types()):
                 fwd = self._layer_forward(mod)
+            elif isinstance(mod, nn.MultiheadAttention):
+                fwd = self._attention_forward(mod)
             elif isinstance(mod, IDENTITY_TYPES):
                 fwd = _identity
             elif isinstance(mod, nn.Embedding) and self.token_embeddings:
@@ -173,6 +179,7 @@ class PathCounter:
         return self
 
     def __exit__(self, *exc) -> None:
+        torch.backends.mha.set_fastpath_enabled(self._fastpath)
         for mod, old in self._saved:
             if old is _MISSING:
                 del mod.forward
@@ -208,6 +215,45 @@ class PathCounter:
             if conv:
                 return mod._conv_forward(x, w, None)
             return F.linear(x, w.t() if transposed else w)
+
+        return forward
+
+    def _attention_forward(self, mod: nn.MultiheadAttention):
+        """``nn.MultiheadAttention`` in path mode, as attention written with Linear layers counts: the query
+        and key only weight the softmax (with dense all-ones projections their logits are equal, so the
+        weights are uniform), paths run through the value: a dense value projection (its packed weight is
+        not a layer), the uniform mix over tokens, then ``out_proj`` (applied functionally by the module,
+        so its mask is used here)."""
+        out_layer = self._layer_forward(mod.out_proj)
+        value_layer = self._dense_linear(mod.embed_dim, mod.vdim)
+
+        def forward(query, key=None, value=None, *args, **kwargs):
+            x = query if value is None else value
+            if not mod.batch_first and x.dim() == 3:
+                x = x.transpose(0, 1)
+            v = value_layer(x)
+            mixed = v.mean(dim=-2, keepdim=True).expand_as(v) if v.dim() == 3 else v
+            out = out_layer(mixed)
+            if not mod.batch_first and out.dim() == 3:
+                out = out.transpose(0, 1)
+            return out, None
+
+        return forward
+
+    def _dense_linear(self, out_features: int, in_features: int):
+        """A dense (all-ones) linear layer in the current mode, for projections that are not modules."""
+        ones: list[Tensor] = []
+
+        def forward(x: Tensor) -> Tensor:
+            if not ones:
+                ones.append(torch.ones(out_features, in_features, dtype=x.dtype, device=x.device))
+            if self._mode == "reach":
+                x = _Reach.apply(x)
+            elif self._mode == "count":
+                top = x.max()
+                self._maxes.append(top)
+                x = x / top
+            return F.linear(x, ones[0])
 
         return forward
 
