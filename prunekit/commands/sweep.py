@@ -71,6 +71,8 @@ def dry_run(sweep, workers: int, console) -> int:
 
 
 def cmd_sweep(args) -> int:
+    import time
+
     from ..cli import _console
     from ..experiments.progress import Reporter
     from ..report.tables import aggregate, to_rich
@@ -100,11 +102,15 @@ def cmd_sweep(args) -> int:
         else:
             acc = event.row.get("final_acc") if event.row else None
             outcome = f"{event.status}, final acc {acc:.2f}" if acc is not None else event.status
-        console.print(f"[{finished}/{total}]{worker} {_run_line(cfg)}: {outcome} ({event.seconds:.1f} s)", markup=False)
+        left = total - finished  # ETA: the mean wall time per run so far, times the runs left
+        eta = f", {left} left, ETA {_fmt_seconds((time.perf_counter() - started) / finished * left)}" if left else ""
+        console.print(f"[{finished}/{total}]{worker} {_run_line(cfg)}: {outcome} ({event.seconds:.1f} s){eta}",
+                      markup=False)
 
     if not args.quiet:
         packing = f", packs of up to {args.pack}" if args.pack else ""
         console.print(f"sweep {sweep.name}: {total} runs, {workers} worker{'s' * (workers != 1)}{packing}", markup=False)
+    started = time.perf_counter()
     events = run_sweep(sweep.configs, workers=workers, force=args.force, on_event=on_event, reporter=Reporter(),
                        on_message=lambda m: console.print(m, markup=False), pack=args.pack)
     rows = [e.row for e in events if e.row is not None]
