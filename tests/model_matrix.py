@@ -269,13 +269,7 @@ refusal("phew-shortcut", r"phew jump='reference'.*read different unit counts",
 refusal("path-grouped", r"grouped convolution .*not supported",
         "PHEW's walk and NPB's node/path balance are written for ungrouped layers (a node is an input or "
         "output channel of a full layer); grouped and depthwise convolutions are not yet implemented.")
-refusal("path-chain", r"(is not a Conv/Linear weight used in the forward pass|is called more than once in a "
-                      r"forward pass|path counting needs Conv/Linear weights)",
-        "PHEW, NPB and DPaI's path counting follow a chain of conv/linear layers from input to output; packed "
-        "attention projections and layers called more than once (q/k/v reading one input) are not such a chain.")
-refusal("token-input", r"(token ids|token-id|embedding)",
-        "The data-free path-count methods push an all-ones input through the network; a model whose input is "
-        "token ids has no such input (see the method's message for what it does instead).")
+
 
 
 def render(results: dict[tuple[str, str], Outcome]) -> str:
@@ -300,6 +294,29 @@ def render(results: dict[tuple[str, str], Outcome]) -> str:
             out = results[(m.name, method)]
             cells.append("ok" if out.ok else f"refused: {out.refusal}")
         lines.append(f"| `{method}` | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## What a cell's pass means on these models",
+        "",
+        "- **Targets** (`prunekit targets MODEL`, `pruner.report()`): conv/linear weights, HF `Conv1D` and",
+        "  `nn.MultiheadAttention`'s projections by default; embeddings and any parameter by glob on request.",
+        "  GPT-2's `lm_head` is tied to `wte`: one tensor, one mask, counted once (embeddings are dense by",
+        "  default, so the head is too). A packed q/k/v tensor (`in_proj_weight`, GPT-2's `c_attn`) is one layer",
+        "  for per-layer budgets.",
+        "- **Attention in the path methods** ([pai.md](pai.md)): a query/key projection only weights the softmax,",
+        "  so no path runs through it; DPaI keeps q/k/v dense as its reference does (`attention='paths'` searches",
+        "  v), PHEW keeps q/k dense, NPB and PHEW keep `nn.MultiheadAttention`'s weights dense (its `out_proj`",
+        "  is applied functionally); each is listed by `report()` and left out of the sparsity. Path counts through",
+        "  `nn.MultiheadAttention` equal those of the same attention written with Linear layers.",
+        "- **Token inputs**: the data-free methods start at the embedding output (the input embedding as a",
+        "  linear layer over the one-hot vocabulary); a degenerate dense path count is refused.",
+        "- **Structured** ([structured.md](structured.md)): whole heads on BERT, GPT-2, `nn.MultiheadAttention` and",
+        "  the zoo ViT; depthwise and grouped convolutions through their groups; the compact model equals the",
+        "  masked one within `1e-5 · max |output|` with sharpened attention.",
+        "- **Outputs and losses**: `ModelOutput`s, dicts and tuples are read by the logits rule in",
+        "  `prunekit/modelio.py`; sequence logits with token targets take a per-token cross-entropy;",
+        "  `pk.create(..., loss_fn=, output_fn=)` replaces both wherever a method computes a loss.",
+    ]
     used = sorted({o.refusal for o in results.values() if not o.ok})
     if used:
         lines += ["", "## Refusals", ""]

@@ -1,4 +1,6 @@
 """Every registered method on models prunekit did not build: it works, or it refuses in one documented line."""
+import os
+
 import pytest
 
 from tests import model_matrix as mm
@@ -6,7 +8,8 @@ from tests import model_matrix as mm
 
 @pytest.fixture(scope="module")
 def results():
-    pytest.importorskip("transformers")
+    if os.environ.get("CI") != "true":  # CI installs the test extra: there a missing transformers fails
+        pytest.importorskip("transformers")
     return {}
 
 
