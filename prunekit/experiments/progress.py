@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 class Reporter:
@@ -16,9 +16,10 @@ class Reporter:
         pass
 
     @contextlib.contextmanager
-    def task(self, description: str) -> Iterator[None]:
-        """A step without a step count (a pruning search): shown while it runs, timed when it ends."""
-        yield
+    def task(self, description: str) -> Iterator[Callable[[int, int], None]]:
+        """A pruning search: shown while it runs, timed when it ends. Yields ``progress(done, total)``
+        for its rounds or steps (a method passes it on as ``PruneContext.progress``)."""
+        yield lambda done, total: None
 
     def phase_start(self, phase: str, total_steps: int, done: int = 0) -> None:
         pass
@@ -55,13 +56,18 @@ class RichReporter(Reporter):
         self.console.print(text, markup=False)
 
     @contextlib.contextmanager
-    def task(self, description: str) -> Iterator[None]:
+    def task(self, description: str) -> Iterator[Callable[[int, int], None]]:
         if not description:
-            yield
+            yield lambda done, total: None
             return
         t0 = time.perf_counter()
-        with self.console.status(f"  {description} ...", spinner="dots"):
-            yield
+        with self.console.status(f"  {description} ...", spinner="dots") as status:
+            def progress(done: int, total: int) -> None:
+                elapsed = time.perf_counter() - t0
+                eta = f", ETA {elapsed / done * (total - done):.0f} s" if done else ""
+                status.update(f"  {description}: {done}/{total}{eta}")
+
+            yield progress
         self.console.print(f"  {description}: done in {time.perf_counter() - t0:.1f} s", markup=False)
 
     def phase_start(self, phase: str, total_steps: int, done: int = 0) -> None:

@@ -76,6 +76,8 @@ class PruneContext:
     optimizer: torch.optim.Optimizer | None = None
     loss_fn: Any = None
     output_fn: Any = None
+    #: ``progress(done, total)`` for a pruning search's rounds or steps (shown by the CLI); ``None``: silent
+    progress: Any = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     total_steps: int = 0
     steps_per_epoch: int = 0
@@ -142,6 +144,11 @@ class Pruner:
         """Prune now (one-shot methods) and return the masks. Default: nothing to do."""
         return self.masks
 
+    def search_history(self) -> list[dict[str, float]]:
+        """One dict per step of the last pruning search (DPaI: objective, log P, nodes ...), for plots;
+        empty for methods without one. The runner writes it to ``search.json``."""
+        return []
+
     # --- enforcement ---------------------------------------------------------------------------
     def enforce(self) -> None:
         self.masks.apply_()
@@ -205,6 +212,12 @@ class Pruner:
 
     def target_sparsity(self) -> float:
         return check_sparsity(self.config.sparsity)
+
+
+def report_progress(ctx: "PruneContext | None", done: int, total: int) -> None:
+    """Tell the context's ``progress`` callback, if any, that ``done`` of ``total`` rounds are finished."""
+    if ctx is not None and ctx.progress is not None:
+        ctx.progress(done, total)
 
 
 def iterate_limited(batches: Iterable, n: int) -> Iterator:

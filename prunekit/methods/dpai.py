@@ -87,6 +87,22 @@ class SearchResult:
     history: Tensor
     layout: FlatLayout  # over the [out, in] form of each weight
     transposed: tuple[bool, ...] = ()  # weights stored [in, out] (HF Conv1D)
+    alpha: float = 0.99
+    beta: float = 0.5
+
+    @property
+    def objective(self) -> Tensor:
+        """Per step the objective the search ascends (and the reference logs):
+        ``J = (1 - alpha) log P + alpha ((1 - beta) log N + beta log K)``, N and K the effective nodes and
+        kernels."""
+        log_p, nodes, kernels = self.history[:, 0], self.history[:, 1], self.history[:, 2]
+        return (1 - self.alpha) * log_p + self.alpha * ((1 - self.beta) * nodes.log() + self.beta * kernels.log())
+
+    def rows(self) -> list[dict[str, float]]:
+        """The search, one dict per step: objective, log P, effective nodes, kernels and params."""
+        keys = ("log_paths", "effective_nodes", "effective_kernels", "effective_params")
+        return [{"step": i, "objective": float(j), **dict(zip(keys, row))}
+                for i, (j, row) in enumerate(zip(self.objective.tolist(), self.history.tolist()))]
 
     def masks(self) -> list[Tensor]:
         """Per-layer masks in the parameters' own layout."""
@@ -97,7 +113,7 @@ class SearchResult:
     def final(self) -> dict[str, float]:
         log_p, nodes, kernels, params = self.history[-1].tolist()
         return {"log_paths": log_p, "effective_nodes": nodes, "effective_kernels": kernels,
-                "effective_params": params}
+                "effective_params": params, "objective": float(self.objective[-1])}
 
 
 def initial_scores(numels: Sequence[int], generator: torch.Generator, device: torch.device | str = "cpu") -> Tensor:
@@ -116,7 +132,7 @@ def score_optimizer(params: Sequence[Tensor], lr: float) -> torch.optim.Adam:
 
 def dpai_search(model: nn.Module, names: Sequence[str], zeros: Sequence[int] | int, input_shape: Sequence[int],
                 scores: Tensor, alpha: float = 0.99, beta: float = 0.5, lr: float = 0.005, steps: int = 3000,
-                check_every: int = 100, threads: int | None = None) -> SearchResult:
+                check_every: int = 100, threads: int | None = None, progress=None) -> SearchResult:
     """Run the DPaI search from ``scores`` (flat, layer order of ``names``) and return the final mask.
 
     ``zeros``: weights removed per layer (``int(s_l * numel_l)``) or, an int, in total (global top-k).
@@ -124,10 +140,10 @@ def dpai_search(model: nn.Module, names: Sequence[str], zeros: Sequence[int] | i
     CPU intra-op threads during the search (see :func:`prunekit.scoring.data.threads_for`).
     """
     with threads_for(scores.device, scores.numel(), threads):
-        return _search(model, names, zeros, input_shape, scores, alpha, beta, lr, steps, check_every)
+        return _search(model, names, zeros, input_shape, scores, alpha, beta, lr, steps, check_every, progress)
 
 
-def _search(model, names, zeros, input_shape, scores, alpha, beta, lr, steps, check_every) -> SearchResult:
+def _search(model, names, zeros, input_shape, scores, alpha, beta, lr, steps, check_every, progress) -> SearchResult:
     params = dict(model.named_parameters())
     transposed = transposed_weights(model, names)
     layout = FlatLayout([p.shape for p in canonical([params[n] for n in names], transposed)], device=scores.device)
@@ -162,6 +178,8 @@ def _search(model, names, zeros, input_shape, scores, alpha, beta, lr, steps, ch
                     raise LayerCollapseError(
                         f"dpai: no effective node left by step {step}: the mask has no input->output path "
                         f"(sparsity too high for this model, or a layer budget of zero)")
+                if progress is not None:
+                    progress(step, steps)
             if step == steps:
                 break
             g_node = g_path * layout.broadcast((~node_alive).to(g.dtype), "node")
@@ -169,7 +187,7 @@ def _search(model, names, zeros, input_shape, scores, alpha, beta, lr, steps, ch
             s.grad = -((1 - alpha) * g_path + alpha * ((1 - beta) * g_node + beta * g_kernel))
             opt.step()
     return SearchResult(keep=select(s).clone(), history=torch.stack(rows).cpu(), layout=layout,
-                        transposed=tuple(transposed))
+                        transposed=tuple(transposed), alpha=alpha, beta=beta)
 
 
 @METHODS.register("dpai", family="pai", when="init")
@@ -199,8 +217,11 @@ class DPaI(KeepsLayersDense, InitPruner):
         scores = initial_scores([m.numel() for m in self.masks.values()], gen, device)
         steps = cfg.steps if cfg.optimize else 0
         result = dpai_search(self.model, self.masks.names(), self.layer_zeros(), shape, scores, cfg.alpha,
-                             cfg.beta, cfg.lr, steps, cfg.check_every, cfg.cpu_threads)
+                             cfg.beta, cfg.lr, steps, cfg.check_every, cfg.cpu_threads, ctx.progress)
         self.masks.update_(dict(zip(self.masks.names(), result.masks())))
         self.search = result
         self.enforce()
         return self.masks
+
+    def search_history(self) -> list[dict[str, float]]:
+        return self.search.rows() if getattr(self, "search", None) is not None else []

@@ -33,7 +33,7 @@ from ..scoring.topk import SegmentTopK
 from ..scoring.data import (cycle_batches, input_shape_from, model_device, num_classes_of, take_samples, threads_for,
                             train_mode)
 from ..sparsity import masks_from_scores, num_keep
-from .base import InitPruner, MethodConfig, PruneContext
+from .base import InitPruner, MethodConfig, PruneContext, report_progress
 from .registry import METHODS
 
 
@@ -106,6 +106,7 @@ class ScorePaI(InitPruner):
                 self.masks.apply_()  # every round scores the currently pruned network
                 self._select(self.score(ctx, r), round_sparsity(self.target_sparsity(), r, cfg.rounds,
                                                                  cfg.rounds_schedule))
+                report_progress(ctx, r, cfg.rounds)
         self._controls()
         self.enforce()
         return self.masks
@@ -213,13 +214,14 @@ class SynFlow(ScorePaI):
         with threads_for(self.masks.params[0].device, sum(numels), cfg.cpu_threads):
             scorer = SynFlowScorer(self.model, self.masks, shape, getattr(torch, cfg.dtype), train=cfg.train_mode)
             keep = torch.cat([m.reshape(-1) for m in self.masks.values()])
-            keep = self._rounds(scorer, keep, self.target_sparsity())
+            keep = self._rounds(scorer, keep, self.target_sparsity(), ctx)
         self.masks.update_({n: k.view_as(self.masks[n]) for n, k in zip(names, keep.split(numels))})
         self._controls()
         self.enforce()
         return self.masks
 
-    def _rounds(self, scorer: SynFlowScorer, keep: torch.Tensor, target: float) -> torch.Tensor:
+    def _rounds(self, scorer: SynFlowScorer, keep: torch.Tensor, target: float,
+                ctx: PruneContext | None = None) -> torch.Tensor:
         cfg = self.config
         numels = scorer.numels
         select = SegmentTopK([keep.numel()], keep.device)
@@ -236,6 +238,7 @@ class SynFlow(ScorePaI):
                 s = s.masked_fill_(~keep, -torch.inf)
                 parts = {n: v.view(m.shape) for (n, m), v in zip(self.masks.items(), s.split(numels))}
                 keep = torch.cat([k.reshape(-1) for k in masks_from_scores(parts, sparsity, cfg.allocation).values()])
+            report_progress(ctx, r, cfg.rounds)
         return keep.clone()  # the global path returns the selector's reused buffer
 
 
