@@ -82,3 +82,18 @@ def test_dense_path_counts_agree():
     a = pk.MaskSet({n: m for n, m in a.items() if "in_proj" not in n}).bind(mha)
     b = pk.MaskSet({n: m for n, m in b.items() if not any(f"attn.{p}." in n for p in "qkv")}).bind(linear)
     assert log_paths(mha, a, (3, 16, 16)) == pytest.approx(log_paths(linear, b, (3, 16, 16)), rel=1e-9)
+
+
+def test_kept_query_key_weights_are_effective_and_not_a_collapse():
+    import warnings
+
+    from prunekit.diagnostics.connectivity import check_layer_collapse, effective_masks
+
+    _, linear = twins()
+    masks = pk.create("random", linear, sparsity=0.5, seed=0).prune()
+    eff = effective_masks(linear, masks, (3, 16, 16))
+    for name in ("layers.0.attn.q.weight", "layers.0.attn.k.weight"):
+        assert torch.equal(eff[name], masks[name])  # they gate the softmax: no path, but they act
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_layer_collapse(linear, masks, (3, 16, 16)) == []

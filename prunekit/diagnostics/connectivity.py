@@ -24,8 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import LayerCollapseError
+from ..scoring.attention import attention_projections, score_only
 from ..scoring.data import threads_for
 from ..scoring.paths import FlatLayout, PathCounter, canonical, transposed_weights
+from ..scoring.tokens import model_probe
 from ..sparsity import MaskSet
 
 
@@ -65,11 +67,14 @@ def _weights(masks: MaskSet, dtype: torch.dtype) -> list[Tensor]:
 
 
 def effective_masks(model: nn.Module, masks: MaskSet, input_shape: Sequence[int]) -> dict[str, Tensor]:
-    """``{name: bool}``: kept weights that lie on at least one input->output path."""
+    """``{name: bool}``: kept weights that lie on at least one input->output path. An attention's query and
+    key projections only weight the softmax (no path runs through them, :mod:`prunekit.scoring.attention`):
+    their kept weights count as effective when their input is reached, since they act on the output."""
     with PathCounter(model, masks.names(), input_shape) as pc, threads_for(masks.params[0].device, masks.numel()):
         w = _weights(masks, torch.float32)
         grads = torch.autograd.grad(pc.reach(w), w, allow_unused=True)
-    return {n: (g > 0) & m if g is not None else torch.zeros_like(m)
+    gates = set(score_only(attention_projections(model, model_probe(model, input_shape))))
+    return {n: m.clone() if n in gates else (g > 0) & m if g is not None else torch.zeros_like(m)
             for (n, m), g in zip(masks.items(), grads)}
 
 
