@@ -25,6 +25,7 @@ do (``fine_tune_mask``). Every layer keeps exactly its budget.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -138,7 +139,7 @@ class NPB(KeepsLayersDense, DataFreePruner):
                 paths = input_paths(pc, self.model, layer, [current[n] for n in names])
                 role = self._role(layer, i)
                 keep = num_keep(layer.numel, budgets[layer.name])
-                counts, info = self._solve_layer(layer, role, paths, keep, max_p, budgets[layer.name], gen)
+                counts, info = self._solve_groups(layer, role, paths, keep, max_p, budgets[layer.name], gen)
                 weight = params[layer.name].t() if layer.transposed else params[layer.name]  # its [out, in] form
                 mask = counts_to_mask(counts, tuple(weight.shape[2:]), position_ranks(weight, cfg.kernel_positions, gen))
                 mask = mask.t() if layer.transposed else mask
@@ -156,6 +157,23 @@ class NPB(KeepsLayersDense, DataFreePruner):
         if index == 0:
             return "first"
         return "shortcut" if any(w in layer.name for w in SHORTCUT_WORDS) else "conv"
+
+    def _solve_groups(self, layer: ChainLayer, role: str, paths: Tensor, keep: int, max_p: int,
+                      sparsity: float, gen: torch.Generator) -> tuple[Tensor, dict]:
+        """:meth:`_solve_layer`; a grouped conv is solved group by group, like NPB's chunks of output
+        channels (a budget share in proportion to size), each chunk reading only its group's inputs."""
+        if layer.groups == 1:
+            return self._solve_layer(layer, role, paths, keep, max_p, sparsity, gen)
+        g, per_in, per_out = layer.groups, layer.in_units // layer.groups, layer.out_units // layer.groups
+        sub = replace(layer, in_units=per_in, out_units=per_out, groups=1)
+        parts, infos = [], []
+        for i, n in enumerate(chunk_budgets(keep, [per_out] * g, per_in * layer.kernel)):
+            counts, info = self._solve_layer(sub, role, paths[i * per_in:(i + 1) * per_in], n, max_p, sparsity, gen)
+            parts.append(counts)
+            infos.append(info)
+        info = {"keep": keep, "max_p": max(i["max_p"] for i in infos), "chunks": sum(i["chunks"] for i in infos),
+                "objective": sum(i["objective"] for i in infos) / g, "groups": g}
+        return torch.cat(parts, dim=1), info
 
     def _solve_layer(self, layer: ChainLayer, role: str, paths: Tensor, keep: int, max_p: int,
                      sparsity: float, gen: torch.Generator) -> tuple[Tensor, dict]:

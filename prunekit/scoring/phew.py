@@ -58,10 +58,11 @@ class ChainLayer:
     branch_of: int = -1
     conv: bool = True
     transposed: bool = False  # weight stored [in, out] (HF Conv1D): walks and masks use its [out, in] form
+    groups: int = 1  # a grouped conv: output o reads the in_units / groups inputs of its group
 
     @property
     def numel(self) -> int:
-        return self.out_units * self.in_units * self.kernel
+        return self.out_units * (self.in_units // self.groups) * self.kernel
 
 
 def trace_layers(model: nn.Module, input_shape: Sequence[int], skip: Collection[str] = ()) -> list[ChainLayer]:
@@ -90,23 +91,31 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], skip: Collection[
         weight_name = param_names[id(mod.weight)]
         if any(c.name == weight_name for c in out):
             raise MaskError(f"{name!r} is called more than once in a forward pass; a chain of layers is needed")
-        if getattr(mod, "groups", 1) != 1:
-            raise MaskError(f"{name!r} is a grouped convolution (groups={mod.groups}); not supported")
         transposed = weight_layout(mod) == "in_out"
         w = mod.weight.t() if transposed else mod.weight
+        groups = int(getattr(mod, "groups", 1))
         branch_of = next((i for i, t in enumerate(inputs) if t is x), -1)
-        out.append(ChainLayer(weight_name, int(w.shape[1]), int(w.shape[0]), int(w[0, 0].numel()), branch_of,
-                              isinstance(mod, PATH_LAYERS) and not isinstance(mod, nn.Linear), transposed))
+        out.append(ChainLayer(weight_name, int(w.shape[1]) * groups, int(w.shape[0]), int(w[0, 0].numel()), branch_of,
+                              isinstance(mod, PATH_LAYERS) and not isinstance(mod, nn.Linear), transposed, groups))
         inputs.append(x)
     return out
 
 
-def transition_probabilities(weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def transition_probabilities(weight: Tensor, groups: int = 1) -> tuple[Tensor, Tensor, Tensor]:
     """The reference's ``generate_probability`` for one weight ``(out, in, *kernel)`` or ``(out, in)``:
     ``forward[u, o]`` = P(next unit o | input unit u), ``backward[o, u]`` = P(previous unit u | output unit
-    o), both from kernel L1 norms, and ``kernel[o, u, k]`` = P(position k | kernel (o, u)) (float64)."""
+    o), both from kernel L1 norms, and ``kernel[o, u, k]`` = P(position k | kernel (o, u)) (float64).
+    A grouped conv (``(out, in / groups, ...)``) connects an output only to its group's inputs: its kernel
+    norms are placed in the block-diagonal ``(out, in)`` matrix of the same layer written ungrouped."""
     w = weight.detach().abs().to(torch.float64).reshape(weight.shape[0], weight.shape[1], -1)
     norms = w.sum(-1)
+    if groups > 1:
+        out, per_group = norms.shape
+        full = norms.new_zeros(out, per_group * groups)
+        rows = torch.arange(out)
+        cols = (rows // (out // groups) * per_group).unsqueeze(1) + torch.arange(per_group)
+        full[rows.unsqueeze(1), cols] = norms
+        norms = full
     return _rows(norms.t()), _rows(norms), _rows(w)
 
 
@@ -126,7 +135,7 @@ class PhewWalker:
         self.chain = list(chain)
         self.offsets = list(flat_offsets)
         self.jump = jump
-        probs = [transition_probabilities(w) for w in weights]
+        probs = [transition_probabilities(w, c.groups) for w, c in zip(weights, self.chain)]
         self.fwd, self.bwd, self.pos = (list(p) for p in zip(*probs))
         n = len(self.chain)
         self.nxt_fwd = list(range(1, n + 1))  # after a layer, the next one forward
@@ -228,13 +237,16 @@ class PhewWalker:
 
     def _record(self, k: int, o: Tensor, u: Tensor, gen: torch.Generator) -> Tensor:
         layer = self.chain[k]
+        per_group = layer.in_units // layer.groups
+        if layer.groups > 1:  # the input's index inside its output's group (the weight's second axis)
+            u = u - o // (layer.out_units // layer.groups) * per_group
         if layer.kernel > 1:
             pos = torch.multinomial(self.pos[k][o, u], 1, generator=gen).squeeze(1)
         else:
             pos = torch.zeros_like(o)
         if self.offsets[k] is None:
             return torch.full_like(o, -1)
-        return self.offsets[k] + (o * layer.in_units + u) * layer.kernel + pos
+        return self.offsets[k] + (o * per_group + u) * layer.kernel + pos
 
 
 def phew_keep(walker: PhewWalker, total: int, keep: int, gen: torch.Generator, batch: int = 64,
