@@ -39,6 +39,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 # ``python -c KILLER MODE N SIGNAL argv...``: the CLI, after arranging that this very process gets SIGNAL
 #   step N     -- at the start of training step N
 #   on_init N  -- at the N-th gradient of a pruning-at-init search (DPaI)
+#   step2 N    -- the second time a phase starts training step N (IMP: inside level 1)
+#   bip N      -- at BiP's bi-level iteration N
 #   slow N     -- never; every training step takes N ms longer (a run that lasts while another process starts)
 #   replace N  -- before the rename of the N-th atomic write whose target ends with the name in $KILL_NAME
 KILLER = r"""
@@ -59,6 +61,24 @@ if mode == "step":
             hit()
         return original_step(self, x, y, step, autocast)
     trainer.Trainer._train_step = _train_step
+elif mode == "step2":  # the second time a phase reaches step N (an IMP run's level 1)
+    original_step = trainer.Trainer._train_step
+    def _train_step(self, x, y, step, autocast):
+        if step == n:
+            count[0] += 1
+            if count[0] == 2:
+                hit()
+        return original_step(self, x, y, step, autocast)
+    trainer.Trainer._train_step = _train_step
+elif mode == "bip":  # at BiP's bi-level iteration N
+    from prunekit.methods import METHODS
+    cls = METHODS.get("bip")
+    original_bip = cls.train_step
+    def train_step(self, x, y, optimizer, step):
+        if step == n:
+            hit()
+        return original_bip(self, x, y, optimizer, step)
+    cls.train_step = train_step
 elif mode == "slow":
     original_step = trainer.Trainer._train_step
     def _train_step(self, x, y, step, autocast):
@@ -218,7 +238,9 @@ def reference(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reference")
     out = {}
     for name, method in (("random", {"name": "random", "sparsity": 0.5}),
-                         ("dpai", {"name": "dpai", "sparsity": 0.8, "steps": 40, "check_every": 10})):
+                         ("dpai", {"name": "dpai", "sparsity": 0.8, "steps": 40, "check_every": 10}),
+                         ("imp", {"name": "imp", "sparsity": 0.5, "prune_fraction": 0.3}),
+                         ("bip", {"name": "bip", "sparsity": 0.5})):
         recipe = tmp / f"{name}.yaml"
         recipe.write_text(yaml.safe_dump({**RECIPE, "name": name, "method": method,
                                           "train": {"duration": "60it", "eval_every": 5}}))
@@ -229,13 +251,21 @@ def reference(tmp_path_factory):
     return out
 
 
+def _rows(path: Path) -> list[dict]:
+    """A JSON-lines file's records without their wall-clock times."""
+    return [{k: v for k, v in json.loads(line).items() if "time" not in k} for line in path.read_text().splitlines()]
+
+
 def _identical(run_dir: Path, ref_dir: Path) -> dict:
     for name in ("masks.safetensors", "model.safetensors"):
         ref, got = load_file(str(ref_dir / name)), load_file(str(run_dir / name))
         assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref), name
     result, expected = (json.loads((d / "result.json").read_text()) for d in (run_dir, ref_dir))
     assert result["final_acc"] == expected["final_acc"]
-    assert (run_dir / "metrics-train.jsonl").read_text() == (ref_dir / "metrics-train.jsonl").read_text()
+    metrics = sorted(p.name for p in ref_dir.glob("*.jsonl"))  # metrics per phase; IMP: its levels
+    assert metrics and metrics == sorted(p.name for p in run_dir.glob("*.jsonl"))
+    for name in metrics:
+        assert _rows(run_dir / name) == _rows(ref_dir / name), name
     assert not _temps(run_dir.parent.parent)
     return result
 
@@ -273,6 +303,28 @@ def test_sigkill_during_the_dpai_search_reruns_it_bit_identical(reference, tmp_p
     record("fault", "SIGKILL in the 20th of DPaI's 40 search steps (pruning at init), then the same command again",
            f"the rerun said `{said.replace(str(tmp_path), '<tmp>')}`, searched again from the start and ended "
            f"bit-identical (masks, weights, metrics; final accuracy {result['final_acc']:.2f})")
+
+
+@pytest.mark.parametrize("name,kill,where", [
+    ("imp", ("step2", 23, "SIGKILL"), "at step 23 of IMP level 1 (after the dense level 0)"),
+    ("bip", ("bip", 23, "SIGKILL"), "in BiP's 23rd bi-level iteration"),
+])
+def test_sigkill_during_pruning_training_resumes_bit_identical(reference, tmp_path, name, kill, where):
+    recipe, ref_dir = reference[name]
+    root = tmp_path / "runs"
+    argv = ["run", str(recipe), f"output.root={root}"]
+    proc = _run(argv, kill=kill)
+    assert proc.returncode == -9, proc.stderr[-1500:]
+    (run_dir,) = (root / name).iterdir()
+    assert not (run_dir / "result.json").exists()
+    rerun = _run(argv)
+    assert rerun.returncode == 0, rerun.stderr[-1500:]
+    said = next((line.strip() for line in rerun.stdout.splitlines() if "resum" in line or "redo" in line), "")
+    assert said, rerun.stdout[-1500:]
+    result = _identical(run_dir, ref_dir)
+    record("fault", f"SIGKILL {where} (60 steps a phase, checkpoints every 5), then the same command again",
+           f"the rerun said `{said.replace(str(tmp_path), '<tmp>')}` and ended bit-identical (masks, weights, "
+           f"metrics; final accuracy {result['final_acc']:.2f})")
 
 
 def test_sigkill_during_an_export_write_leaves_no_half_file(reference, tmp_path):
