@@ -265,9 +265,6 @@ refusal("lap-attention", r"is attention; the lookahead and per-layer Hessian",
 refusal("phew-shortcut", r"phew jump='reference'.*read different unit counts",
         "PHEW's reference random walk (`jump='reference'`) steps from a layer to the next layer in module order; "
         "with a projection shortcut those read different unit counts. `jump='block_input'` walks such nets.")
-refusal("path-grouped", r"grouped convolution .*not supported",
-        "PHEW's walk and NPB's node/path balance are written for ungrouped layers (a node is an input or "
-        "output channel of a full layer); grouped and depthwise convolutions are not yet implemented.")
 
 
 
@@ -306,7 +303,9 @@ def render(results: dict[tuple[str, str], Outcome]) -> str:
         "  so no path runs through it; DPaI keeps q/k/v dense as its reference does (`attention='paths'` searches",
         "  v), PHEW keeps q/k dense, NPB and PHEW keep `nn.MultiheadAttention`'s weights dense (its `out_proj`",
         "  is applied functionally); each is listed by `report()` and left out of the sparsity. Path counts through",
-        "  `nn.MultiheadAttention` equal those of the same attention written with Linear layers.",
+        "  `nn.MultiheadAttention` equal those of the same attention written with Linear layers; through HF",
+        "  `Conv1D` those of `nn.Linear` transposed; PHEW walks grouped convolutions as their block-diagonal dense",
+        "  form and NPB solves them group by group (as its output-channel chunks).",
         "- **Token inputs**: the data-free methods start at the embedding output (the input embedding as a",
         "  linear layer over the one-hot vocabulary); a degenerate dense path count is refused.",
         "- **Structured** ([structured.md](structured.md)): whole heads on BERT, GPT-2, `nn.MultiheadAttention` and",
