@@ -82,3 +82,17 @@ def test_path_methods_on_conv1d_equal_linear_transposed(method):
         masks[key] = pruner.masks
     for name in ("fc1.weight", "fc2.weight", "head.weight"):
         assert torch.equal(masks["conv"][name].t(), masks["lin"][name]), name
+
+
+@pytest.mark.parametrize("method", ["lap", "lap_forward", "lap_backward", "lap_global", "mp", "obd"])
+def test_lap_family_on_conv1d_equals_linear_transposed(method):
+    lin, conv = pair()
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(8, 12, generator=g), torch.randint(0, 5, (8,), generator=g))]
+    masks = {}
+    for key, model in (("lin", lin), ("conv", conv)):
+        pruner = pk.create(method, model, sparsity=0.7)
+        pruner.prune(pk.PruneContext(batches=data))
+        masks[key] = pruner.masks
+    for name in ("fc1.weight", "fc2.weight", "head.weight"):
+        assert torch.equal(masks["conv"][name].t(), masks["lin"][name]), name

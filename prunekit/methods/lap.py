@@ -16,6 +16,7 @@ from pydantic import Field, create_model, model_validator
 
 from ..errors import ConfigError
 from ..modelio import attention_modules
+from ..sparsity.targets import weight_layout
 from ..registry import suggest
 from ..scoring import lap as scoring
 from ..sparsity import allocate, custom, num_keep, topk_mask
@@ -304,9 +305,11 @@ def build_scorer(pruner: Pruner, ctx: PruneContext | None) -> scoring.LookaheadS
         bns = scoring.following_bn(pruner.model, names)
         sites = [m if bn is None else bn for m, bn in zip(modules, bns)][:-1] + [None]
         scales = scoring.activation_scales(pruner.model, sites, ctx.batches, cfg.activation_samples)
-    groups = [int(getattr(pruner.model.get_submodule(n), "groups", 1)) for n in names]
+    modules = [pruner.model.get_submodule(n) for n in names]
+    groups = [int(getattr(m, "groups", 1)) for m in modules]
+    transposed = [weight_layout(m) == "in_out" for m in modules]
     return scoring.LookaheadScorer(pruner.masks.params, list(pruner.masks.values()), prev, nxt, scales, names,
-                                   groups)
+                                   groups, transposed)
 
 
 @METHODS.register("lap", family="post-training", when="after")

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..modelio import call_model, logits_of
+from ..sparsity.targets import weight_layout
 
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -225,9 +226,15 @@ class LookaheadScorer:
     def __init__(self, weights: Sequence[Tensor], masks: Sequence[Tensor] | None = None,
                  prev: list | None = None, nxt: list | None = None,
                  row_scales: Sequence[Tensor | None] | None = None, names: Sequence[str] | None = None,
-                 groups: Sequence[int] | None = None):
+                 groups: Sequence[int] | None = None, transposed: Sequence[bool] | None = None):
         n = len(weights)
         self.groups = list(groups) if groups is not None else [1] * n
+        # weights stored [in, out] (HF Conv1D) are scored in their [out, in] form; scores and masks
+        # cross this boundary in the parameter's own layout
+        self.transposed = list(transposed) if transposed is not None else [False] * n
+        weights = [w.t() if t else w for w, t in zip(weights, self.transposed)]
+        if masks is not None:
+            masks = [m.t() if t and m is not None else m for m, t in zip(masks, self.transposed)]
         self.names = list(names) if names is not None else [f"layer {i}" for i in range(n)]
         self.masks: list[Tensor | None] = list(masks) if masks is not None else [None] * n
         self.sq: list[Tensor] = []
@@ -248,7 +255,8 @@ class LookaheadScorer:
     def _square(self, source: int | nn.Module) -> Tensor:
         if isinstance(source, int):
             return self.sq[source]
-        return source.weight.detach().double().pow(2)
+        w = source.weight.detach()
+        return (w.t() if weight_layout(source) == "in_out" else w).double().pow(2)
 
     def _groups(self, source: int | nn.Module) -> int:
         return self.groups[source] if isinstance(source, int) else int(getattr(source, "groups", 1))
@@ -310,9 +318,10 @@ class LookaheadScorer:
             out.mul_(q.view(-1, *[1] * (d - 1)))
         if self.masks[i] is not None:
             out.masked_fill_(~self.masks[i], -torch.inf)
-        return out
+        return out.t() if self.transposed[i] else out
 
     def set_mask(self, i: int, mask: Tensor) -> None:
+        mask = mask.t() if self.transposed[i] else mask
         self.sq[i].mul_(mask)
         self.masks[i] = mask
         self._cache.pop((i, 0), None)
@@ -386,10 +395,11 @@ def activation_scales(model: nn.Module, sites: Sequence[nn.Module | None], batch
 
 def _per_sample_square_sum(module: nn.Module, a: Tensor, g: Tensor) -> Tensor:
     """Σ over samples of the squared per-sample weight gradient, given inputs ``a`` and output grads ``g``."""
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear) or weight_layout(module) == "in_out":
         if a.dim() != 2:
             raise ConfigError("OBD: Hessians of linear layers need 2-D inputs (batch, features)")
-        return g.pow(2).t() @ a.pow(2)
+        square = g.pow(2).t() @ a.pow(2)  # [out, in]
+        return square.t() if weight_layout(module) == "in_out" else square  # HF Conv1D stores [in, out]
     if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros" and not isinstance(module.padding, str):
         groups = module.groups
         u = F.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride)  # [N, C*k, L]
@@ -397,7 +407,8 @@ def _per_sample_square_sum(module: nn.Module, a: Tensor, g: Tensor) -> Tensor:
         go = g.flatten(2).view(g.shape[0], groups, -1, u.shape[-1])  # [N, g, out/g, L]
         per_sample = torch.einsum("ngol,ngkl->ngok", go, u)
         return per_sample.pow(2).sum(0).reshape(module.weight.shape)
-    raise ConfigError(f"OBD: no Hessian for {type(module).__name__}; allowed: Linear and zero-padded Conv2d")
+    raise ConfigError(f"OBD: no Hessian for {type(module).__name__}; allowed: Linear, HF Conv1D and zero-padded "
+                      "Conv2d")
 
 
 def diag_ggn(model: nn.Module, modules: Sequence[nn.Module], batches: Iterable, samples: int | None,

@@ -197,6 +197,9 @@ def unit_dim(model: nn.Module, name: str, structure: str) -> int:
     if attr in MHA_WEIGHTS:
         raise ConfigError(f"structure={structure!r} on {name!r}: a packed attention projection has no per-unit "
                           "layout; allowed: the structured method (whole heads), or targets.exclude it")
+    if module.get_parameter(attr).dim() < 2:
+        raise ConfigError(f"structure={structure!r} on {name!r}: a {module.get_parameter(attr).dim()}-D parameter has no "
+                          "filters or channels; allowed: conv/linear weights (targets.exclude it)")
     axis = {"filter": 0, "channel": 1}[structure]
     return 1 - axis if weight_layout(module) == "in_out" else axis
 
