@@ -54,12 +54,13 @@ class Case:
         self.model = pk.models.create(name, num_classes=10).to(device)
         self.conv = any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules())
 
-    def plain(self) -> float:
+    def plain(self, batches=None) -> float:
+        """The plain loop over the pre-made batches (or over ``batches``)."""
         model = self.model.to(memory_format=torch.contiguous_format)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         sync(self.device)
         t0 = time.perf_counter()
-        for x, y in self.batches:
+        for x, y in self.batches if batches is None else batches:
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             opt.step()
@@ -68,17 +69,8 @@ class Case:
 
     def plain_loader(self) -> float:
         """The plain loop drawing its batches from the same ``TensorLoader`` epoch (gather included)."""
-        model = self.model.to(memory_format=torch.contiguous_format)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         self.loader.set_epoch(0)
-        sync(self.device)
-        t0 = time.perf_counter()
-        for x, y in self.loader:
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-        sync(self.device)
-        return (time.perf_counter() - t0) / self.steps
+        return self.plain(self.loader)
 
     def prunekit(self, channels_last: bool | None) -> float:
         cfg = TrainConfig(duration=f"{self.steps}it", lr=0.01, momentum=0.9, eval_every=self.steps,

@@ -142,17 +142,23 @@ def _killer(at: int):
     return progress
 
 
-@pytest.mark.parametrize("resume_packed", [True, False])
-def test_killed_pack_resumes_to_the_uninterrupted_result(tmp_path, resume_packed):
-    cfgs = _configs(FAMILIES["set"], eval_every=10)
+def _killed_pack(family: str, tmp_path, kernels: str):
+    """The runs trained alone, and the same runs as a pack killed at step 30 (checkpoints of step 20)."""
+    cfgs = _configs(FAMILIES[family], eval_every=10)
     alone = [_trainer(c) for c in cfgs]
     for t in alone:
         t.fit()
     paths = [tmp_path / f"m{i}.pt" for i in range(3)]
     first = [_trainer(c, p, _killer(30) if i == 0 else None) for i, (c, p) in enumerate(zip(cfgs, paths))]
-    with pytest.raises(_Kill):  # a kill mid-segment: the last checkpoints are those of step 20
-        PackedTrainer(first).fit()
+    with pytest.raises(_Kill):
+        PackedTrainer(first, kernels).fit()
     assert all(torch.load(p, weights_only=True)["step"] == 20 for p in paths)
+    return cfgs, alone, paths, first
+
+
+@pytest.mark.parametrize("resume_packed", [True, False])
+def test_killed_pack_resumes_to_the_uninterrupted_result(tmp_path, resume_packed):
+    cfgs, alone, paths, _ = _killed_pack("set", tmp_path, "loop")
     again = [_trainer(c, p) for c, p in zip(cfgs, paths)]
     if resume_packed:
         train_packed(again)
@@ -219,14 +225,7 @@ def test_stacked_kernels_agree_with_separate_runs(family):
 
 
 def test_stacked_checkpoints_hold_one_member_and_resume(tmp_path):
-    cfgs = _configs(FAMILIES["rigl"], eval_every=10)
-    alone = [_trainer(c) for c in cfgs]
-    for t in alone:
-        t.fit()
-    paths = [tmp_path / f"m{i}.pt" for i in range(3)]
-    first = [_trainer(c, p, _killer(30) if i == 0 else None) for i, (c, p) in enumerate(zip(cfgs, paths))]
-    with pytest.raises(_Kill):
-        PackedTrainer(first, kernels="stacked").fit()
+    cfgs, alone, paths, first = _killed_pack("rigl", tmp_path, "stacked")
     state = torch.load(paths[1], weights_only=True)
     size = sum(v.numel() for v in state["model"].values())
     assert size == sum(p.numel() for p in first[1].model.parameters())
