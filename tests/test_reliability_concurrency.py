@@ -54,19 +54,12 @@ mode, n, sig, argv = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])
 import time
 hit = lambda: os.kill(os.getpid(), sig)
 count = [0]
-if mode == "step":
-    original_step = trainer.Trainer._train_step
-    def _train_step(self, x, y, step, autocast):
-        if step == n:
-            hit()
-        return original_step(self, x, y, step, autocast)
-    trainer.Trainer._train_step = _train_step
-elif mode == "step2":  # the second time a phase reaches step N (an IMP run's level 1)
+if mode in ("step", "step2"):  # step2: the second time a phase reaches step N (an IMP run's level 1)
     original_step = trainer.Trainer._train_step
     def _train_step(self, x, y, step, autocast):
         if step == n:
             count[0] += 1
-            if count[0] == 2:
+            if count[0] == (2 if mode == "step2" else 1):
                 hit()
         return original_step(self, x, y, step, autocast)
     trainer.Trainer._train_step = _train_step
