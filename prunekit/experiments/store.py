@@ -56,6 +56,22 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 _ALLOWED = "allowed: a results.sqlite written by `prunekit run` or `prunekit sweep`, or a path that does not exist yet"
 
 
+def _use_wal(con: sqlite3.Connection) -> None:
+    """Switch the file to WAL (persistent, so only its first writer changes it). Changing the journal mode
+    takes an exclusive lock and SQLite reports a concurrent holder as "database is locked" without waiting
+    for the busy timeout, so concurrent first writers retry until it."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                con.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _add_missing_columns(con: sqlite3.Connection) -> None:
     have = {row[1] for row in con.execute("PRAGMA table_info(runs)")}
     for name, kind in COLUMNS.items():
@@ -169,7 +185,7 @@ class ResultsStore:
         con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
             con.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-            con.execute("PRAGMA journal_mode=WAL")
+            _use_wal(con)
             if not self._schema_ok:
                 self._transaction(con, lambda c: self._ensure_schema(c, version))
                 self._schema_ok = True
