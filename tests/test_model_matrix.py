@@ -23,5 +23,5 @@ def test_cell_works_or_refuses_documented(results, model_name, method):
 
 def test_docs_models_md_matches_the_matrix(results):
     if len(results) < len(mm.all_cells()):
-        pytest.skip("needs the whole matrix in this session")
+        pytest.skip("needs the whole matrix in this pytest run")
     assert mm.DOC.read_text() == mm.render(results), "docs/models.md is stale: python -m tests.model_matrix --write"
