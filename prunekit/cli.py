@@ -11,7 +11,7 @@ from typing import Sequence
 
 import yaml
 
-from .errors import PrunekitError
+from .errors import ConfigError, PrunekitError
 
 
 def _console(quiet: bool = False):
@@ -112,6 +112,17 @@ def cmd_list(args) -> int:
     from .experiments import recipe_names
     from .methods import METHODS
 
+    if args.kind == "methods" and args.name:
+        from .methods.registry import method_settings
+
+        cls = METHODS.get(args.name)
+        doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        print(f"{args.name}: {doc}")
+        for field, kind, default, help_ in method_settings(args.name):
+            print(f"  {field} ({kind}, default {default})" + (f"\n      {help_}" if help_ else ""))
+        return 0
+    if args.name:
+        raise ConfigError(f"list {args.kind} takes no name; allowed: `prunekit list methods NAME`")
     if args.kind == "methods":
         names = [f"{n:<14} {METHODS.meta(n).get('family', '')}" for n in METHODS.names()]
     elif args.kind == "models":
@@ -172,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_show)
     ls = sub.add_parser("list", help="list registered methods, models, datasets or recipes")
     ls.add_argument("kind", choices=["methods", "models", "datasets", "recipes"])
+    ls.add_argument("name", nargs="?", help="with methods: one method's settings, with type, default and help")
     ls.set_defaults(func=cmd_list)
     res = sub.add_parser("results", help="table of finished runs from the results store")
     res.add_argument("--store", default="runs/results.sqlite")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Iterator
 
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from ..errors import ConfigError
@@ -32,12 +32,14 @@ class MethodConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
-    sparsity: float = 0.0
-    #: the DPaI / Synaptic-Flow unit, density = 10**-compression (2.5 -> 99.68 %); sets ``sparsity``
-    compression: float | None = None
-    targets: str | dict[str, Any] = "default"
-    optimizer_state: str | None = None  # None: the method's own default
+    name: str = Field(description="the method's registry name")
+    sparsity: float = Field(0.0, description="fraction of the target weights that are zero at the end, in [0, 1)")
+    compression: float | None = Field(None, description="the DPaI / Synaptic-Flow unit, density = 10**-compression "
+                                      "(2.5 -> 99.68 %); sets sparsity")
+    targets: str | dict[str, Any] = Field("default", description="which parameters are pruned: a preset or a "
+                                          "mapping of Targets fields (`prunekit targets MODEL` shows the result)")
+    optimizer_state: str | None = Field(None, description="what happens to optimizer state of pruned/regrown "
+                                        "weights; None: the method's own default")
 
     @model_validator(mode="before")
     @classmethod

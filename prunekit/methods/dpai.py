@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from ..errors import LayerCollapseError
@@ -55,16 +55,20 @@ class DPaIConfig(MethodConfig):
     is ``allocation="global"``.
     """
 
-    alpha: float = 0.99
-    beta: float = 0.5
-    lr: float = 0.005
-    steps: int = 3000
-    allocation: Literal["erk", "uniform", "global"] = "erk"
-    optimize: bool = True
+    alpha: float = Field(0.99, description="weight of the node/kernel terms against log paths in J = (1 - alpha) "
+                         "log P + alpha ((1 - beta) log N + beta log K)")
+    beta: float = Field(0.5, description="weight of effective kernels against effective nodes")
+    lr: float = Field(0.005, description="Adam learning rate of the scores (constant, as the reference)")
+    steps: int = Field(3000, description="search steps (one path-count forward and backward each)")
+    allocation: Literal["erk", "uniform", "global"] = Field(
+        "erk", description="per-layer budgets (ERK, as the reference) or one global top-k")
+    optimize: bool = Field(True, description="False: no search, the random initial scores' mask (the "
+                           "reference's 'random' ablation)")
     seed: int | None = None  # score initialisation; None: drawn from the global RNG
     input_shape: tuple[int, ...] | None = None  # None: one sample of ctx.batches
-    #: "reference": attention q/k/v projections kept dense (the reference's in_proj_weight); "paths": q/k only
-    attention: Literal["reference", "paths"] = "reference"
+    attention: Literal["reference", "paths"] = Field(
+        "reference", description="attention q/k/v projections kept dense, as the reference's in_proj_weight; "
+        "'paths': only q/k dense, the values searched")
     check_every: int = 100  # steps between host-side checks for "no effective node left"
     cpu_threads: int | None = None  # None: one per million weights (batch-1 work is too small to share)
 

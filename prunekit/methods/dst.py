@@ -23,7 +23,7 @@ import weakref
 from typing import Any, Literal
 
 import torch
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from ..errors import ConfigError, MaskError
@@ -114,10 +114,13 @@ class SparseTrainingConfig(MethodConfig):
     """Settings shared by the during-training methods. ``total_steps``/``steps_per_epoch`` are only for
     user loops that never call ``setup`` (the runner passes them in the context)."""
 
-    update_frequency: int = 100  # dT, optimizer steps between mask updates
-    seed: int | None = None  # random masks / growth; None: torch.initial_seed() (the experiment seed)
-    total_steps: int | None = None
-    steps_per_epoch: int | None = None
+    update_frequency: int = Field(100, description="dT: optimizer steps between mask updates")
+    seed: int | None = Field(None, description="random masks and growth; None: torch.initial_seed() (the "
+                             "experiment seed)")
+    total_steps: int | None = Field(None, description="training length in optimizer steps, for own loops that "
+                                    "never call setup (the runner passes it)")
+    steps_per_epoch: int | None = Field(None, description="optimizer steps per epoch, for own loops (the runner "
+                                        "passes it)")
 
     @field_validator("update_frequency")
     @classmethod

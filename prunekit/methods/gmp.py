@@ -32,7 +32,7 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..errors import ConfigError
 from ..sparsity import CosineDecay, CubicSchedule, allocate, num_keep
@@ -43,13 +43,19 @@ from .registry import METHODS
 class GradualConfig(SparseTrainingConfig):
     """Cubic gradual pruning (Zhu & Gupta 2017) in GraNet's units: epochs for the window, steps for dT."""
 
-    allocation: Literal["global", "uniform", "erk"] = "global"
-    initial_sparsity: float = 0.0
-    init_prune_epoch: float = 0.0
-    final_prune_epoch: float | None = None  # None: half of training (GraNet's scripts: 80 of 160)
-    counting: Literal["exact", "reference"] = "exact"
-    classifier: str | None = "last"  # layer(s) kept at classifier_density by `uniform` once s_k >= 0.8
-    classifier_density: float = 0.2
+    allocation: Literal["global", "uniform", "erk"] = Field(
+        "global", description="how each pruning step's sparsity s_k is spread: one global threshold, the same "
+        "per layer, or ERK budgets")
+    initial_sparsity: float = Field(0.0, description="sparsity at the start (0: dense-to-sparse)")
+    init_prune_epoch: float = Field(0.0, description="epoch of the first gradual pruning step")
+    final_prune_epoch: float | None = Field(None, description="epoch of the last pruning step; None: half of "
+                                            "training (GraNet's scripts: 80 of 160)")
+    counting: Literal["exact", "reference"] = Field(
+        "exact", description="exact: N - int(s N) kept per step, ending at the target; reference: GraNet's "
+        "code (thresholds, one weight fewer, the last step at k_end - 1)")
+    classifier: str | None = Field("last", description="layer(s) kept at classifier_density by the uniform "
+                                   "allocation once s_k >= 0.8 (a glob, or 'last')")
+    classifier_density: float = Field(0.2, description="density of those classifier layers")
 
     @field_validator("initial_sparsity", "classifier_density")
     @classmethod
@@ -187,12 +193,17 @@ class GMP(Gradual):
 
 # --- GraNet ---------------------------------------------------------------------------------------
 class GraNetConfig(GradualConfig):
-    initial_sparsity: float = 0.5  # 1 - --init-density (argparse default 0.5; 0 = dense-to-sparse)
-    prune_rate: float = 0.5  # rho_0 of the regeneration (--prune-rate)
-    prune_rate_min: float = 0.005  # CosineDecay eta_min
-    growth: Literal["gradient", "random"] = "gradient"
-    init_allocation: Literal["erk", "uniform"] = "erk"  # --sparse-init
-    init_bernoulli: bool = True  # Masking.init samples rand < density_l; False: exact per-layer counts
+    initial_sparsity: float = Field(0.5, description="1 - --init-density: the sparse start (0.5, the argparse "
+                                    "default; 0 = dense-to-sparse)")
+    prune_rate: float = Field(0.5, description="rho_0 of the neuroregeneration: the fraction of each layer's "
+                              "weights dropped and regrown, cosine-decayed (--prune-rate)")
+    prune_rate_min: float = Field(0.005, description="the cosine decay's floor of the regeneration rate (eta_min)")
+    growth: Literal["gradient", "random"] = Field("gradient", description="regrow the inactive weights with the "
+                                                  "largest dense |gradient| (GraNet) or at random")
+    init_allocation: Literal["erk", "uniform"] = Field("erk", description="per-layer densities of the sparse "
+                                                       "start (--sparse-init)")
+    init_bernoulli: bool = Field(True, description="sample the start mask per weight (the reference's "
+                                 "rand < density_l); False: exact per-layer counts")
 
     @field_validator("prune_rate", "prune_rate_min")
     @classmethod

@@ -40,3 +40,44 @@ def create(name: str, model: nn.Module, *, loss_fn: LossFn | None = None, output
     pruner = METHODS.get(name)(model, cfg)
     pruner.io = ModelIO(output_fn, loss_fn)
     return pruner
+
+
+def method_settings(name: str) -> list[tuple[str, str, str, str]]:
+    """``(setting, type, default, help)`` of every setting of method ``name``: the help is the setting's
+    ``Field(description=...)``, else the comment beside its declaration in the method's source."""
+    cls = METHODS.get(name).Config
+    comments = _source_comments(cls)
+    rows = []
+    for field, info in cls.model_fields.items():
+        kind = _type_name(info.annotation)
+        default = "(required)" if info.is_required() else repr(info.default)
+        rows.append((field, kind, default, info.description or comments.get(field, "")))
+    return rows
+
+
+def _type_name(annotation: Any) -> str:
+    """``float``, ``int | None``, or the allowed values of a Literal (``'global' | 'uniform' | 'erk'``)."""
+    import typing
+
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(repr(v) for v in typing.get_args(annotation))
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _source_comments(cls: type) -> dict[str, str]:
+    """``{setting: comment}`` from the ``name: type = default  # comment`` lines of ``cls`` and its bases
+    (the nearest class wins)."""
+    import inspect
+    import re
+
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not (isinstance(klass, type) and issubclass(klass, MethodConfig)):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for m in re.finditer(r"^\s+(\w+):[^\n=]*=[^\n#]*#\s*(.+)$", source, flags=re.M):
+            out[m.group(1)] = m.group(2).strip()
+    return out
