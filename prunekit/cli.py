@@ -112,6 +112,8 @@ def cmd_list(args) -> int:
     from .experiments import recipe_names
     from .methods import METHODS
 
+    if args.name and "=" in args.name:  # `list` takes no key=value overrides
+        raise ConfigError(f"unrecognized arguments: {args.name}")
     if args.kind == "methods" and args.name:
         from .methods.registry import method_settings
 
