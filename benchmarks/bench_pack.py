@@ -18,7 +18,6 @@ Run: ``python -m benchmarks.bench_pack [--repeats 5] [--steps 100] [--threads 1]
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -31,7 +30,7 @@ from prunekit.methods import METHODS, PruneContext, method_config
 from prunekit.train import TrainConfig, Trainer
 from prunekit.train.packed import PackedTrainer
 
-from .timing import quiet_median, record, sync
+from .timing import device_parser, quiet_median, record, start, sync
 
 MODELS = {  # name, kwargs, steps multiplier (LeNet-5's step is ~4x LeNet-300-100's)
     "lenet300_100": {},
@@ -108,19 +107,14 @@ def measure(runs: Runs, k: int, repeats: int, kernels: str) -> tuple[list[float]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap = device_parser(__doc__)
     ap.add_argument("--steps", type=int, default=100, help="training steps per run (LeNet-5: half)")
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--packs", type=int, nargs="*", default=[1, 2, 4, 8])
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--kernels", nargs="*", default=["loop", "stacked"], choices=["loop", "stacked"],
                     help="pack kernels to time (stacked: K=4 and 8 only)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = start(args)
     print(f"device {device}, torch {torch.__version__}, intra-op threads {torch.get_num_threads()} (both sides), "
           f"repeats {args.repeats}, batch 128, random-ERK masks")
     print(f"{'model':<14} {'kernels':<8} {'K':>2} {'steps':>5} {'seq s':>7} {'pack s':>7}   {'min':>6} {'median':>6} "

@@ -17,7 +17,6 @@ Run: ``python -m benchmarks.bench_trainer [--repeats 5] [--threads 1]``.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -29,7 +28,7 @@ from prunekit.data import TensorLoader
 from prunekit.data.arrays import ArrayDataset
 from prunekit.train import TrainConfig, Trainer
 
-from .timing import quiet_median, record, sync
+from .timing import device_parser, quiet_median, record, start, sync
 
 TARGET = 1.02
 CASES = {  # model, input shape, samples per repeat (batch 128): LeNet-300-100 a full MNIST-sized epoch
@@ -103,16 +102,11 @@ def measure(case: Case, repeats: int) -> dict[str, tuple[list[float], list[float
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap = device_parser(__doc__)
     ap.add_argument("--models", nargs="*", default=list(CASES))
     ap.add_argument("--samples", type=int, default=None, help="samples per repeat (default: the case's)")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = start(args)
     print(f"device {device}, torch {torch.__version__}, intra-op threads {torch.get_num_threads()}, "
           f"repeats {args.repeats}, batch 128")
     print(f"{'model':<16} {'layout':<28} {'steps':>5} {'min':>7} {'median':>7} {'quiet':>7} {'max':>7} {'target':>7}  met")

@@ -2,6 +2,7 @@
 machine-readable record of each measured ratio that ``benchmarks.run_all`` collects into the docs."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -9,6 +10,22 @@ import time
 from typing import Callable
 
 import torch
+
+
+def device_parser(doc: str, repeats: int = 5) -> argparse.ArgumentParser:
+    """An argument parser with the flags every device benchmark takes: --repeats, --threads, --device."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return ap
+
+
+def start(args: argparse.Namespace) -> torch.device:
+    """Apply --threads (both sides of every ratio run at this count) and return the --device."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return torch.device(args.device)
 
 
 def sync(device: torch.device) -> None:

@@ -23,18 +23,24 @@ pytest.importorskip("torch_pruning")
 MODELS = ["cifar_resnet20", "resnet20s", "vgg16_bn", "cifar_resnet18"]
 
 
-def randomized(name):
-    """A model whose BN layers have non-trivial statistics and affine terms (so zeroing matters)."""
-    torch.manual_seed(0)
-    model = create(name).eval()
+@torch.no_grad()
+def randomize_norms_(model):
+    """Non-trivial BatchNorm statistics and affine terms (so zeroing a channel matters), seeded."""
     g = torch.Generator().manual_seed(1)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             n = m.num_features
             m.running_mean.copy_(torch.rand(n, generator=g) * 2 - 1)
             m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+            m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.copy_(torch.rand(n, generator=g) - 0.5)
+
+
+def randomized(name):
+    """A model whose BN layers have non-trivial statistics and affine terms (so zeroing matters)."""
+    torch.manual_seed(0)
+    model = create(name).eval()
+    randomize_norms_(model)
     return model
 
 

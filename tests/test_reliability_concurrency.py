@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -281,20 +280,28 @@ def test_interrupt_during_training_stops_with_one_line_and_resumes(reference, tm
            f"(final accuracy {result['final_acc']:.2f}), no temporary file left")
 
 
-def test_sigkill_during_the_dpai_search_reruns_it_bit_identical(reference, tmp_path):
-    recipe, ref_dir = reference["dpai"]
+def _killed_and_rerun(reference, tmp_path, name: str, kill: tuple, unwritten: tuple[str, ...]) -> tuple[str, dict]:
+    """Run the reference recipe ``name`` killed by ``kill``, check the files in ``unwritten`` are absent,
+    run it again and check it ends bit-identical; returns what the rerun said (resumed / redoes) and the result."""
+    recipe, ref_dir = reference[name]
     root = tmp_path / "runs"
     argv = ["run", str(recipe), f"output.root={root}"]
-    proc = _run(argv, kill=("on_init", 20, "SIGKILL"))
+    proc = _run(argv, kill=kill)
     assert proc.returncode == -9, proc.stderr[-1500:]
-    (run_dir,) = (root / "dpai").iterdir()
-    assert not (run_dir / "masks.safetensors").exists() and not (run_dir / "prune.json").exists()
+    (run_dir,) = (root / name).iterdir()
+    assert not any((run_dir / f).exists() for f in unwritten)
     rerun = _run(argv)
     assert rerun.returncode == 0, rerun.stderr[-1500:]
-    said = next(line.strip() for line in rerun.stdout.splitlines() if "redo" in line or "resum" in line)
-    result = _identical(run_dir, ref_dir)
+    said = next((line.strip() for line in rerun.stdout.splitlines() if "resum" in line or "redo" in line), "")
+    assert said, rerun.stdout[-1500:]
+    return said.replace(str(tmp_path), "<tmp>"), _identical(run_dir, ref_dir)
+
+
+def test_sigkill_during_the_dpai_search_reruns_it_bit_identical(reference, tmp_path):
+    said, result = _killed_and_rerun(reference, tmp_path, "dpai", ("on_init", 20, "SIGKILL"),
+                                     ("masks.safetensors", "prune.json"))
     record("fault", "SIGKILL in the 20th of DPaI's 40 search steps (pruning at init), then the same command again",
-           f"the rerun said `{said.replace(str(tmp_path), '<tmp>')}`, searched again from the start and ended "
+           f"the rerun said `{said}`, searched again from the start and ended "
            f"bit-identical (masks, weights, metrics; final accuracy {result['final_acc']:.2f})")
 
 
@@ -303,20 +310,9 @@ def test_sigkill_during_the_dpai_search_reruns_it_bit_identical(reference, tmp_p
     ("bip", ("bip", 23, "SIGKILL"), "in BiP's 23rd bi-level iteration"),
 ])
 def test_sigkill_during_pruning_training_resumes_bit_identical(reference, tmp_path, name, kill, where):
-    recipe, ref_dir = reference[name]
-    root = tmp_path / "runs"
-    argv = ["run", str(recipe), f"output.root={root}"]
-    proc = _run(argv, kill=kill)
-    assert proc.returncode == -9, proc.stderr[-1500:]
-    (run_dir,) = (root / name).iterdir()
-    assert not (run_dir / "result.json").exists()
-    rerun = _run(argv)
-    assert rerun.returncode == 0, rerun.stderr[-1500:]
-    said = next((line.strip() for line in rerun.stdout.splitlines() if "resum" in line or "redo" in line), "")
-    assert said, rerun.stdout[-1500:]
-    result = _identical(run_dir, ref_dir)
+    said, result = _killed_and_rerun(reference, tmp_path, name, kill, ("result.json",))
     record("fault", f"SIGKILL {where} (60 steps a phase, checkpoints every 5), then the same command again",
-           f"the rerun said `{said.replace(str(tmp_path), '<tmp>')}` and ended bit-identical (masks, weights, "
+           f"the rerun said `{said}` and ended bit-identical (masks, weights, "
            f"metrics; final accuracy {result['final_acc']:.2f})")
 
 

@@ -21,6 +21,7 @@ from prunekit.export.heads import HeadPrunedMultiheadAttention
 from prunekit.methods import PruneContext
 from prunekit.modelio import call_model, logits_of
 from prunekit.models import create
+from tests.test_export_compact import randomize_norms_
 
 pytest.importorskip("torch_pruning")
 transformers = pytest.importorskip("transformers")
@@ -140,16 +141,6 @@ def sharpen_(model):
                 m.bias *= SHARP
 
 
-@torch.no_grad()
-def randomize_norms_(model):
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) * 2 - 1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.copy_(torch.rand(n, generator=g) - 0.5)
 
 
 def images(n=4, size=16, seed=0):
