@@ -30,7 +30,7 @@ import prunekit as pk
 from prunekit.methods import PruneContext
 from prunekit.methods.dpai import dpai_search, initial_scores
 from prunekit.scoring.reference import dpai_literal, grasp_literal, snip_literal, synflow_literal
-from prunekit.sparsity import erk, masks_from_scores, num_zeros
+from prunekit.sparsity import erk, num_zeros, select
 
 SPARSITY = 0.9
 TARGETS = {"dpai_iteration": 0.05, "snip_100": 0.7, "grasp_100": 2.0, "synflow_100": 2.5}
@@ -75,9 +75,9 @@ class Bench:
         model = self.fresh()
         masks = pk.MaskSet.from_model(model)
         if key == "snip_100":
-            return lambda: masks_from_scores(snip_literal(model, masks, self.batches), SPARSITY, "global")
+            return lambda: select(snip_literal(model, masks, self.batches), sparsity=SPARSITY, allocation="global")
         if key == "grasp_100":
-            return lambda: masks_from_scores(grasp_literal(model, masks, self.batches), SPARSITY, "global")
+            return lambda: select(grasp_literal(model, masks, self.batches), sparsity=SPARSITY, allocation="global")
         return lambda: synflow_literal(model, masks, (3, 32, 32), SPARSITY, rounds=100)
 
     def dpai_literal_iteration(self, steps: int) -> float:
@@ -91,7 +91,7 @@ class Bench:
     def literal_and_fast(self, name: str, literal, dtype=torch.float32, **settings):
         ref_model = self.fresh().to(dtype).eval()
         batches = [(x.to(dtype), y) for x, y in self.batches]
-        expected = masks_from_scores(literal(ref_model, pk.MaskSet.from_model(ref_model), batches), SPARSITY, "global")
+        expected = select(literal(ref_model, pk.MaskSet.from_model(ref_model), batches), sparsity=SPARSITY, allocation="global")
         fast = pk.create(name, self.fresh().to(dtype), sparsity=SPARSITY, **settings).prune(PruneContext(batches=batches))
         return expected, fast
 

@@ -8,7 +8,8 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.methods import PruneContext
-from prunekit.methods.hydra import WarmTopK, epoch_factor
+from prunekit.methods.hydra import epoch_factor
+from prunekit.sparsity.topk import WarmTopK
 from prunekit.sparsity import num_keep, topk_mask
 
 

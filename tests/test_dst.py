@@ -9,7 +9,8 @@ from torch import nn
 import prunekit as pk
 from prunekit.errors import ConfigError
 from prunekit.methods import PruneContext
-from prunekit.methods.dst import drop_and_grow_, keep_largest, kth_largest
+from prunekit.methods.dst import drop_and_grow_
+from prunekit.sparsity.topk import keep_largest, kth_largest
 from prunekit.sparsity import CubicSchedule, erk, num_keep
 
 
@@ -189,8 +190,8 @@ def layer_budgets(pruner, sparsity):
     alloc = pruner.config.allocation
     if alloc == "global":
         return None
-    if alloc == "uniform" and hasattr(pruner, "layer_sparsities"):
-        return pruner.layer_sparsities(sparsity)  # the classifier rule of GMP_uniform/GraNet_uniform
+    if alloc == "uniform" and hasattr(pruner, "step_allocation"):
+        return pruner.step_allocation(sparsity)  # the classifier rule of GMP_uniform/GraNet_uniform
     return erk(shapes, sparsity) if alloc == "erk" else dict.fromkeys(shapes, sparsity)
 
 

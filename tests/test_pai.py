@@ -220,7 +220,7 @@ def test_snip_uses_ten_samples_per_class_by_default():
     ref_model.load_state_dict(model.state_dict())
     used = batches[:3] + [(batches[3][0][:4], batches[3][1][:4])]
     ref = snip_scores(ref_model.eval(), pk.MaskSet.from_model(ref_model), used)
-    expected = pk.sparsity.masks_from_scores(ref, 0.5, "global")
+    expected = pk.sparsity.select(ref, sparsity=0.5, allocation="global")
     pruner = pk.create("snip", model, sparsity=0.5)
     pruner.prune(PruneContext(batches=batches))
     assert all(torch.equal(pruner.masks[n], expected[n]) for n in expected)
@@ -385,7 +385,7 @@ def test_prospr_method_is_exact_and_leaves_buffers_alone():
 
 
 def test_segment_topk_matches_topk_mask_with_ties_signs_and_float64():
-    from prunekit.scoring.topk import SegmentTopK
+    from prunekit.sparsity.topk import SegmentTopK
     from prunekit.sparsity import topk_mask
 
     g = torch.Generator().manual_seed(0)
@@ -404,7 +404,7 @@ def test_segment_topk_matches_topk_mask_with_ties_signs_and_float64():
 def test_segment_topk_active_ranks_inactive_last_like_minus_inf():
     """The nonnegative fast path (unique int64 keys) and the generic -inf fill select the same entries,
     also when ``k`` exceeds the number of active entries (then inactive ones are kept, lowest index first)."""
-    from prunekit.scoring.topk import SegmentTopK
+    from prunekit.sparsity.topk import SegmentTopK
     from prunekit.sparsity import topk_mask
 
     g = torch.Generator().manual_seed(1)

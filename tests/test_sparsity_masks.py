@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from prunekit.errors import CheckpointError, ConfigError, MaskError
-from prunekit.sparsity import MaskSet, Targets, layerwise_topk, mask_optimizer_state_, reset_optimizer_state_
+from prunekit.sparsity import MaskSet, Targets, mask_optimizer_state_, reset_optimizer_state_, select
 from prunekit.sparsity.targets import resolve_targets
 
 
@@ -50,7 +50,7 @@ def test_apply_zeroes_masked_weights_in_place_and_stats():
     masks = MaskSet.from_model(model)
     weight_ids = [id(p) for p in masks.params]
     mask_ids = [id(m) for m in masks.values()]
-    new = layerwise_topk({n: p.abs() for n, p in zip(masks.names(), masks.params)}, dict.fromkeys(masks.names(), 0.5))
+    new = select({n: p.abs() for n, p in zip(masks.names(), masks.params)}, sparsity=0.5, allocation="uniform")
     masks.update_(new)
     masks.apply_()
     for p, m in zip(masks.params, masks.values()):

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prunekit.errors import MaskError
-from prunekit.sparsity import channel_mask, filter_mask, global_topk, layerwise_topk, nm_mask, num_keep, topk_mask
+from prunekit.sparsity import nm_mask, num_keep, select, topk_mask
 
 shapes = st.lists(st.integers(1, 9), min_size=1, max_size=4).map(tuple)
 
@@ -33,7 +33,7 @@ def test_topk_keeps_exact_count_with_ties(shape, sparsity, seed, levels):
 def test_global_topk_exact_total(shape_list, sparsity, seed):
     scores = {f"l{i}": _scores(sh, seed + i, 4) for i, sh in enumerate(shape_list)}
     total = sum(s.numel() for s in scores.values())
-    masks = global_topk(scores, sparsity)
+    masks = select(scores, sparsity=sparsity, allocation="global")
     assert sum(int(m.sum()) for m in masks.values()) == num_keep(total, sparsity)
     kept = torch.cat([scores[n][masks[n]] for n in scores])
     pruned = torch.cat([scores[n][~masks[n]] for n in scores])
@@ -60,7 +60,7 @@ def test_topk_nan_and_inf_are_smallest():
 
 def test_layerwise_reference_rounding():
     # int(0.9 * 10) = 9 zeros -> 1 kept; int(0.55 * 11) = 6 zeros -> 5 kept
-    masks = layerwise_topk({"a": torch.arange(10.0), "b": torch.arange(11.0)}, {"a": 0.9, "b": 0.55})
+    masks = select({"a": torch.arange(10.0), "b": torch.arange(11.0)}, sparsity=0.0, allocation={"a": 0.9, "b": 0.55})
     assert int(masks["a"].sum()) == 1 and masks["a"][9]
     assert int(masks["b"].sum()) == 5
 
@@ -87,11 +87,11 @@ def test_nm_conv_groups_along_input_channels():
 def test_filter_and_channel_masks_zero_whole_units():
     w = torch.randn(8, 4, 3, 3)
     w[2] *= 10  # filter 2 dominates
-    fm = filter_mask(w, 0.75)  # keep 8 - int(6) = 2 filters
+    fm = select({"w": w}, sparsity=0.75, allocation="uniform", structure="filter")["w"]  # 8 - int(6) = 2 filters
     per_filter = fm.flatten(1)
     assert ((per_filter.all(1)) | (~per_filter.any(1))).all()  # all-or-nothing per filter
     assert int(per_filter.all(1).sum()) == 2 and per_filter[2].all()
-    cm = channel_mask(w, 0.5)
+    cm = select({"w": w}, sparsity=0.5, allocation="uniform", structure="channel")["w"]
     per_channel = cm.transpose(0, 1).flatten(1)
     assert ((per_channel.all(1)) | (~per_channel.any(1))).all()
     assert int(per_channel.all(1).sum()) == 2

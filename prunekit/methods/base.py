@@ -23,14 +23,32 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..modelio import DEFAULT_IO, ModelIO
-from ..sparsity import MaskSet, check_sparsity, mask_optimizer_state_, sparsity_from_compression
+from ..sparsity import (MaskSet, check_allocation, check_sparsity, check_structure, mask_optimizer_state_,
+                        nm_sparsity, sparsity_from_compression)
 from ..sparsity.optim_state import check_policy
 
 
+#: the type of every method's ``allocation`` setting: an allocator's name, ``global``, or a custom
+#: ``{layer name or glob: sparsity}`` map; each Config lists the kinds it accepts in ``allocations``
+Allocation = str | dict[str, float]
+#: the type of every method's ``structure`` setting (``unstructured``, ``filter``, ``channel``, ``N:M``)
+Structure = str
+
+ALLOCATION_HELP = ("how the sparsity is spread over the layers: global (one threshold), uniform, erk, er, or a "
+                   "{layer name or glob: sparsity} map (custom); the kinds listed in the type are allowed")
+STRUCTURE_HELP = ("what is removed: single weights (unstructured), whole filters or channels, or N:M groups "
+                  "(e.g. 2:4, which fixes the sparsity at 1 - N/M); the kinds listed in the type are allowed")
+
+
 class MethodConfig(BaseModel):
-    """Settings every method accepts. Subclasses add their own fields; unknown keys are rejected."""
+    """Settings every method accepts. Subclasses add their own fields; unknown keys are rejected.
+
+    A method with an ``allocation`` (``structure``) setting declares the kinds it accepts in
+    ``allocations`` (``structures``); every value is checked against them here, in one place."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    allocations: ClassVar[tuple[str, ...]] = ()
+    structures: ClassVar[tuple[str, ...]] = ("unstructured",)
 
     name: str = Field(description="the method's registry name")
     sparsity: float = Field(0.0, description="fraction of the target weights that are zero at the end, in [0, 1)")
@@ -52,12 +70,33 @@ class MethodConfig(BaseModel):
             data = {**data, "sparsity": s}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nm_fixes_sparsity(cls, data: Any) -> Any:
+        s = nm_sparsity(data.get("structure", "")) if isinstance(data, dict) else None
+        if s is not None:
+            if "sparsity" in data and abs(float(data["sparsity"]) - s) > 1e-12:
+                raise ValueError(f"structure={data['structure']} fixes sparsity={s:g} but sparsity={data['sparsity']} "
+                                 f"was given; allowed: leave sparsity out, or {s:g}")
+            data = {**data, "sparsity": s}
+        return data
+
     @field_validator("sparsity")
     @classmethod
     def _sparsity_in_range(cls, v: float) -> float:
         if not 0.0 <= v < 1.0:  # also rejects NaN
             raise ValueError("allowed: a float in [0, 1)")
         return v
+
+    @field_validator("allocation", check_fields=False)
+    @classmethod
+    def _allowed_allocation(cls, v: Any) -> Any:
+        return v if v is None else check_allocation(v, cls.allocations)
+
+    @field_validator("structure", check_fields=False)
+    @classmethod
+    def _allowed_structure(cls, v: Any) -> Any:
+        return v if v is None else check_structure(v, cls.structures)
 
     @field_validator("optimizer_state")
     @classmethod

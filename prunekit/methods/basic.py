@@ -14,9 +14,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
 
-from ..sparsity import allocate, masks_from_scores
-from .base import MethodConfig, PruneContext, Pruner
+from ..sparsity import allocate, select
+from .base import ALLOCATION_HELP, STRUCTURE_HELP, Allocation, MethodConfig, PruneContext, Pruner, Structure
 from .registry import METHODS
 
 
@@ -33,9 +34,20 @@ class Dense(Pruner):
 
 
 class RandomConfig(MethodConfig):
-    allocation: Literal["uniform", "erk", "er"] = "uniform"
+    allocations = ("uniform", "erk", "er", "custom")
+    structures = ("unstructured", "N:M")
+
+    allocation: Allocation = Field("uniform", description=ALLOCATION_HELP)
+    structure: Structure = Field("unstructured", description=STRUCTURE_HELP)
     bernoulli: bool = False
     seed: int | None = None  # None: the experiment seed / the global RNG
+
+    @model_validator(mode="after")
+    def _bernoulli_unstructured(self) -> "RandomConfig":
+        if self.bernoulli and self.structure != "unstructured":
+            raise ValueError(f"bernoulli=True samples single weights; allowed with structure='unstructured', "
+                             f"not {self.structure!r}")
+        return self
 
 
 @METHODS.register("random", family="pai", when="init")
@@ -62,14 +74,18 @@ class RandomPruning(Pruner):
             new = {n: torch.rand(p.shape, generator=gen) < 1.0 - sparsities[n] for n, p in params.items()}
         else:
             scores = {n: torch.rand(p.shape, generator=gen) for n, p in params.items()}
-            new = masks_from_scores(scores, self.target_sparsity(), cfg.allocation)
+            new = select(scores, sparsity=self.target_sparsity(), allocation=cfg.allocation, structure=cfg.structure)
         self.masks.update_(new)
         self.enforce()
         return self.masks
 
 
 class MagnitudeConfig(MethodConfig):
-    allocation: Literal["global", "uniform", "erk", "er"] = "global"
+    allocations = ("global", "uniform", "erk", "er", "custom")
+    structures = ("unstructured", "N:M")
+
+    allocation: Allocation = Field("global", description=ALLOCATION_HELP)
+    structure: Structure = Field("unstructured", description=STRUCTURE_HELP)
     when: Literal["init", "after"] = "after"
 
 
@@ -90,8 +106,10 @@ class MagnitudePruning(Pruner):
             self.prune(ctx)
 
     def prune(self, ctx: PruneContext | None = None):
+        cfg = self.config
         scores = {n: p.detach().abs() for n, p in zip(self.masks.names(), self.masks.params)}
         # already-pruned weights stay pruned (they are zero, so they rank last anyway)
-        self.masks.update_(masks_from_scores(scores, self.target_sparsity(), self.config.allocation))
+        self.masks.update_(select(scores, sparsity=self.target_sparsity(), allocation=cfg.allocation,
+                                  structure=cfg.structure))
         self.enforce()
         return self.masks

@@ -40,9 +40,8 @@ from torch import Tensor, nn
 from ..errors import LayerCollapseError
 from ..scoring.data import input_shape_from, threads_for
 from ..scoring.paths import FlatLayout, PathCounter, canonical, transposed_weights
-from ..scoring.topk import SegmentTopK
-from ..sparsity import allocate, num_zeros
-from .base import InitPruner, MethodConfig, PruneContext
+from ..sparsity import FlatSelector, keep_counts
+from .base import ALLOCATION_HELP, Allocation, InitPruner, MethodConfig, PruneContext
 from .data_free import KeepsLayersDense, attention_kept_dense
 from .registry import METHODS
 
@@ -60,8 +59,9 @@ class DPaIConfig(MethodConfig):
     beta: float = Field(0.5, description="weight of effective kernels against effective nodes")
     lr: float = Field(0.005, description="Adam learning rate of the scores (constant, as the reference)")
     steps: int = Field(3000, description="search steps (one path-count forward and backward each)")
-    allocation: Literal["erk", "uniform", "global"] = Field(
-        "erk", description="per-layer budgets (ERK, as the reference) or one global top-k")
+    allocations = ("erk", "uniform", "global", "custom")
+
+    allocation: Allocation = Field("erk", description=ALLOCATION_HELP + " (the reference: erk)")
     optimize: bool = Field(True, description="False: no search, the random initial scores' mask (the "
                            "reference's 'random' ablation)")
     seed: int | None = None  # score initialisation; None: drawn from the global RNG
@@ -151,12 +151,13 @@ def _search(model, names, zeros, input_shape, scores, alpha, beta, lr, steps, ch
     params = dict(model.named_parameters())
     transposed = transposed_weights(model, names)
     layout = FlatLayout([p.shape for p in canonical([params[n] for n in names], transposed)], device=scores.device)
-    sizes = [layout.total] if isinstance(zeros, int) else layout.numels
-    keeps = [n - z for n, z in zip(sizes, [zeros] if isinstance(zeros, int) else zeros)]
-    topk = SegmentTopK(sizes, scores.device)
+    shapes = dict(zip(names, layout.shapes))
+    budget = layout.total - zeros if isinstance(zeros, int) else {n: k - z for n, k, z in zip(names, layout.numels, zeros)}
+    selector = FlatSelector.for_counts(shapes, budget, scores.device)
+    keeps = selector.counts()
 
     def select(s: Tensor) -> Tensor:
-        return topk(s.detach().abs(), keeps, nonnegative=True)
+        return selector(s.detach().abs(), keeps, nonnegative=True)
 
     s = scores.detach().clone().requires_grad_(True)
     opt = score_optimizer([s], lr)
@@ -204,12 +205,11 @@ class DPaI(KeepsLayersDense, InitPruner):
 
     def layer_zeros(self) -> list[int] | int:
         """Weights removed per layer (ERK or uniform budgets) or in total (``global``)."""
-        sparsity = self.target_sparsity()
         shapes = {n: tuple(m.shape) for n, m in self.masks.items()}
-        if self.config.allocation == "global":
-            return num_zeros(self.masks.numel(), sparsity)
-        budgets = allocate(self.config.allocation, shapes, sparsity)
-        return [num_zeros(m.numel(), budgets[n]) for n, m in self.masks.items()]
+        keep = keep_counts(shapes, self.target_sparsity(), self.config.allocation)
+        if isinstance(keep, int):
+            return self.masks.numel() - keep
+        return [m.numel() - keep[n] for n, m in self.masks.items()]
 
     def prune(self, ctx: PruneContext | None = None):
         cfg = self.config

@@ -27,86 +27,11 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from ..errors import ConfigError, MaskError
-from ..sparsity import CosineDecay, allocate, masks_from_scores
+from ..sparsity import CosineDecay, allocate, select
+from ..sparsity.topk import keep_above_kth, keep_largest
 from ..sparsity.optim_state import STATE_KEYS, mask_optimizer_state_
-from .base import MethodConfig, PruneContext, Pruner
+from .base import ALLOCATION_HELP, Allocation, MethodConfig, PruneContext, Pruner
 from .registry import METHODS
-
-_SMALL = 1 << 15  # below this, torch.kthvalue is as fast as the sampled bracket
-_SAMPLE = 4096
-
-
-# --- exact selection without full sorts --------------------------------------------------------------
-def kth_largest(x: Tensor, k: int, eligible: Tensor | None = None, count: int | None = None) -> Tensor:
-    """Exact ``k``-th largest value (0-d tensor) of a 1-D float tensor among ``eligible`` entries (all if
-    None; ``1 <= k <= count``). A strided sample brackets it (Floyd & Rivest 1975), ``kthvalue`` runs on
-    the entries inside; a missed bracket falls back to ``kthvalue`` over all. Eligibility is counted
-    with boolean ands, not by rewriting scores (``torch.where`` is slow on CPU)."""
-    if eligible is None:
-        count = x.numel()
-    elif count is None:
-        count = int(torch.count_nonzero(eligible))
-    if count <= _SMALL:
-        return torch.kthvalue(x if eligible is None else x[eligible], count - k + 1).values
-    stride = max(1, count // _SAMPLE)
-    sample = x[::stride] if eligible is None else x[::stride][eligible[::stride]]
-    sample = torch.sort(sample, descending=True).values
-    s = sample.numel()
-    p = k / count
-    margin = 4.0 * math.sqrt(s * p * (1.0 - p)) + 8.0
-    i_hi, i_lo = int(p * s - margin), int(p * s + margin)
-    above = 0
-    band = eligible
-    if i_hi >= 0:
-        over = x > sample[i_hi]
-        if eligible is not None:
-            over &= eligible
-        above = int(torch.count_nonzero(over))
-        band = ~over if eligible is None else eligible & ~over
-    if 0 <= i_lo < s:
-        low = x >= sample[i_lo]
-        band = low if band is None else band & low
-    if band is not None and s > 0:
-        inside = int(torch.count_nonzero(band))
-        if above < k <= above + inside:
-            return torch.kthvalue(x[band], inside - (k - above) + 1).values
-    return torch.kthvalue(x if eligible is None else x[eligible], count - k + 1).values
-
-
-def keep_largest(score: Tensor, k: int, eligible: Tensor | None = None, count: int | None = None) -> Tensor:
-    """Bool mask (shape of ``score``) of the ``k`` largest scores among ``eligible`` entries, ties broken
-    by the lower flat index. ``count``: the number of eligible entries, if known. Scores must not be NaN."""
-    flat = score.detach().reshape(-1)
-    if flat.dtype not in (torch.float32, torch.float64):
-        flat = flat.float()
-    el = None if eligible is None else eligible.reshape(-1)
-    if count is None:
-        count = flat.numel() if el is None else int(torch.count_nonzero(el))
-    if k >= count:
-        return (torch.ones_like(flat, dtype=torch.bool) if el is None else el.clone()).view(score.shape)
-    if k <= 0:
-        return torch.zeros(score.shape, dtype=torch.bool, device=score.device)
-    threshold = kth_largest(flat, k, el, count)
-    keep = flat >= threshold
-    if el is not None:
-        keep &= el
-    if int(torch.count_nonzero(keep)) > k:  # ties at the threshold: the lower indices win
-        tied = flat == threshold
-        keep = flat > threshold
-        if el is not None:
-            keep &= el
-            tied &= el
-        keep |= tied & (torch.cumsum(tied, 0) <= k - int(torch.count_nonzero(keep)))
-    return keep.view(score.shape)
-
-
-def keep_above_kth(score: Tensor, k: int, strict: bool = True) -> Tensor:
-    """GraNet's reference rule: keep ``score > t`` (or ``>= t``) where ``t`` is the ``k``-th largest."""
-    flat = score.detach().reshape(-1).float()
-    if k <= 0:
-        return torch.zeros(score.shape, dtype=torch.bool, device=score.device)
-    t = kth_largest(flat, min(k, flat.numel()))
-    return (flat > t if strict else flat >= t).view(score.shape)
 
 
 # --- settings and the base class ------------------------------------------------------------
@@ -212,7 +137,8 @@ class SparseTraining(Pruner):
         if bernoulli:
             new = {n: torch.rand(s, generator=gen) < 1.0 - budgets[n] for n, s in shapes.items()}
         else:
-            new = masks_from_scores({n: torch.rand(s, generator=gen) for n, s in shapes.items()}, sparsity, budgets)
+            new = select({n: torch.rand(s, generator=gen) for n, s in shapes.items()}, sparsity=sparsity,
+                         allocation=budgets)
         self.masks.update_(new)
         self._nnz = self._counts()
 
@@ -391,7 +317,9 @@ def drop_and_grow_(pruner: SparseTraining, fraction: float, growth: str, step: i
 
 # --- fixed density: SET and RigL -------------------------------------------------------------------
 class DropGrowConfig(SparseTrainingConfig):
-    allocation: Literal["erk", "uniform", "er"] = "erk"
+    allocations = ("erk", "uniform", "er", "custom")
+
+    allocation: Allocation = Field("erk", description=ALLOCATION_HELP)
     bernoulli: bool = False  # sample each weight (sparse_learning lineage) instead of exact counts
     drop_fraction: float = 0.3  # f_0 (RigL paper: 0.3)
     drop_schedule: Literal["cosine", "constant"] = "cosine"

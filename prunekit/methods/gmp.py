@@ -35,17 +35,20 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from ..errors import ConfigError
-from ..sparsity import CosineDecay, CubicSchedule, allocate, num_keep
-from .dst import SparseTraining, SparseTrainingConfig, drop_and_grow_, keep_above_kth, keep_largest
+from ..sparsity import CosineDecay, CubicSchedule, select
+from .base import ALLOCATION_HELP, Allocation
+from .dst import SparseTraining, SparseTrainingConfig, drop_and_grow_
 from .registry import METHODS
 
 
 class GradualConfig(SparseTrainingConfig):
     """Cubic gradual pruning (Zhu & Gupta 2017) in GraNet's units: epochs for the window, steps for dT."""
 
-    allocation: Literal["global", "uniform", "erk"] = Field(
+    allocations = ("global", "uniform", "erk")
+
+    allocation: Allocation = Field(
         "global", description="how each pruning step's sparsity s_k is spread: one global threshold, the same "
-        "per layer, or ERK budgets")
+        "per layer (with the classifier rule below), or ERK budgets")
     initial_sparsity: float = Field(0.0, description="sparsity at the start (0: dense-to-sparse)")
     init_prune_epoch: float = Field(0.0, description="epoch of the first gradual pruning step")
     final_prune_epoch: float | None = Field(None, description="epoch of the last pruning step; None: half of "
@@ -126,12 +129,14 @@ class Gradual(SparseTraining):
         names = self.masks.names()
         return names[-1:] if pattern == "last" else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
-    def layer_sparsities(self, sparsity: float) -> dict[str, float]:
-        """Per-layer targets of a layer-wise pruning step at overall ``sparsity``."""
+    def step_allocation(self, sparsity: float):
+        """The allocation of a pruning step at overall ``sparsity``: the configured one, except that
+        ``uniform`` is GraNet's ``pruning_uniform`` (once ``s_k >= 0.8`` the classifier keeps
+        ``classifier_density`` and the other layers share the rest), as a per-layer map."""
         cfg = self.config
+        if cfg.allocation != "uniform":
+            return cfg.allocation
         shapes = {n: tuple(m.shape) for n, m in self.masks.items()}
-        if cfg.allocation == "erk":
-            return allocate("erk", shapes, sparsity)
         out = dict.fromkeys(shapes, sparsity)
         heads = self._classifiers()
         total = sum(math.prod(s) for s in shapes.values())
@@ -143,32 +148,18 @@ class Gradual(SparseTraining):
 
     @torch.no_grad()
     def magnitude_prune_(self, sparsity: float) -> None:
-        """One pruning step: keep the largest |w| at ``sparsity`` (global or per layer). Pruning never
-        grows a mask in ``exact`` counting: a layer already below its budget keeps what it has."""
+        """One pruning step: keep the largest |w| at ``sparsity``. Pruning never grows a mask in ``exact``
+        counting (a layer already below its budget keeps what it has); ``reference`` is GraNet's rule."""
         cfg = self.config
-        params, names, masks = self.masks.params, self.masks.names(), list(self.masks.values())
-        reference = cfg.counting == "reference"
-        if cfg.allocation == "global":
-            scores = torch.cat([p.detach().abs().reshape(-1) for p in params])
-            total = scores.numel()
-            if reference:
-                keep = keep_above_kth(scores, int(total * (1.0 - sparsity)))
-            else:
-                eligible = torch.cat([m.reshape(-1) for m in masks])
-                nnz = sum(self._nnz)
-                keep = keep_largest(scores, min(num_keep(total, round(sparsity, 12)), nnz), eligible, count=nnz)
-            for m, part in zip(masks, torch.split(keep, [m.numel() for m in masks])):
-                m.copy_(part.view(m.shape))
-            return
-        targets = self.layer_sparsities(sparsity)
-        for i, (p, n, m) in enumerate(zip(params, names, masks)):
-            score = p.detach().abs()
-            if reference:  # keep int(n * density) via >=, as Masking.pruning_uniform
-                density = round(1.0 - targets[n], 12)
-                m.copy_(keep_above_kth(score, int(m.numel() * density), strict=False))
-            else:
-                k = min(num_keep(m.numel(), targets[n]), self._nnz[i])
-                m.copy_(keep_largest(score, k, m, count=self._nnz[i]))
+        names = self.masks.names()
+        scores = {n: p.detach().abs() for n, p in zip(names, self.masks.params)}
+        allocation = self.step_allocation(sparsity)
+        if cfg.counting == "exact" and allocation == "global":
+            sparsity = round(sparsity, 12)  # 0.9 from the cubic schedule must keep int-exact 10 %
+        new = select(scores, self.masks, sparsity=sparsity, allocation=allocation, counting=cfg.counting,
+                     eligible_counts=dict(zip(names, self._nnz)))
+        for n, m in self.masks.items():
+            m.copy_(new[n])
 
 
 @METHODS.register("gmp", family="dst", when="during")
@@ -214,7 +205,7 @@ class GraNetConfig(GradualConfig):
 
 
 class GraNetUniformConfig(GraNetConfig):
-    allocation: Literal["global", "uniform", "erk"] = "uniform"
+    allocation: Allocation = Field("uniform", description=ALLOCATION_HELP)
 
 
 @METHODS.register("granet", family="dst", when="during")

@@ -24,9 +24,9 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..modelio import DEFAULT_IO, ModelIO
-from ..sparsity import MaskSet, allocate, num_keep, topk_mask
+from ..sparsity import FlatSelector, MaskSet, keep_counts
 from ..sparsity.targets import unit_dim
-from .base import MethodConfig, PruneContext, Pruner
+from .base import ALLOCATION_HELP, STRUCTURE_HELP, Allocation, MethodConfig, PruneContext, Pruner, Structure
 from .registry import METHODS
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -66,44 +66,6 @@ def sgd_momentum_(params: list[Tensor], grads: list[Tensor | None], bufs: list[T
     return bufs
 
 
-class WarmTopK:
-    """Exact global top-k that reuses the last threshold: the mask equals ``topk_mask(a, k)`` (the ``k``
-    largest, ties by lower index). Scores move little per step, so the (k+1)-th largest value (the
-    threshold) usually stays inside a narrow band around the previous one: one pass counts the values
-    above the band and the selection runs on the few inside it. A miss widens the band and falls back to
-    the full O(n) selection. Needs host synchronisation, so :class:`ScoreBank` uses it on the CPU only,
-    where the full selection costs several SGD steps of a small MLP."""
-
-    def __init__(self, k: int):
-        self.k = k
-        self.threshold: float | None = None
-        self.width = 1e-2  # relative half-width of the band
-
-    @torch.no_grad()
-    def __call__(self, a: Tensor, out: Tensor) -> Tensor:
-        n, k = a.numel(), self.k
-        if self.threshold is not None and 0 < k < n:
-            lo, hi = self.threshold * (1 - self.width), self.threshold * (1 + self.width)
-            above = a > hi
-            band = a[torch.logical_xor(a >= lo, above)]
-            rank = k - int(torch.count_nonzero(above)) + 1  # of the threshold, from the top, inside the band
-            if 1 <= rank <= band.numel():
-                threshold = torch.kthvalue(band, band.numel() - rank + 1).values
-                torch.gt(a, threshold, out=out)
-                need = k - int(torch.count_nonzero(out))
-                if need > 0:  # ties at the threshold: the lower indices first
-                    tied = a == threshold
-                    out |= tied & (torch.cumsum(tied, 0) <= need)
-                self.threshold = float(threshold)
-                if band.numel() > n // 16:
-                    self.width /= 2
-                return out
-            self.width = min(1.0, self.width * 4)
-        topk_mask(a, k, out=out)
-        self.threshold = float(a[~out].max()) if 0 < k < n else None
-        return out
-
-
 class ScoreBank:
     """Scores, dense weights θ and masks of a pruner's target weights, in flat buffers.
 
@@ -130,13 +92,12 @@ class ScoreBank:
         self.theta_v, self.scores_v, self.keep_v, self.factor_v = (self.views(t) for t in
                                                                   (self.theta, self.scores, self.keep, self.factor))
         pruner.masks = MaskSet(dict(zip(self.names, self.keep_v))).bind(pruner.model)
-        self.total_keep = num_keep(total, sparsity)
-        self._warm = WarmTopK(self.total_keep) if p0.device.type == "cpu" else None
         shapes = {n: tuple(s) for n, s in zip(self.names, self.shapes)}
-        per_layer = allocate("uniform" if allocation == "global" else allocation, shapes, sparsity)
-        self.dims = [None if structure == "unstructured" else unit_dim(pruner.model, n, structure) for n in self.names]
-        units = [s.numel() if dim is None else s[dim] for s, dim in zip(self.shapes, self.dims)]
-        self.layer_keep = [num_keep(u, per_layer[n]) for u, n in zip(units, self.names)]
+        dims = None if structure == "unstructured" else {n: unit_dim(pruner.model, n, structure) for n in self.names}
+        self.total_keep = keep_counts(shapes, sparsity)  # the global count (also what tests compare with)
+        self._selector = FlatSelector(shapes, allocation, p0.device, out=self.keep, warm=True, structure=structure,
+                                      unit_dims=dims)
+        self.counts = self._selector.counts(sparsity)
 
     def views(self, flat: Tensor) -> list[Tensor]:
         return [t.view(s) for t, s in zip(flat.split(self.sizes), self.shapes)]
@@ -161,21 +122,9 @@ class ScoreBank:
         """Masks ← top-k of |scores|: one global selection, per-layer counts, or whole filters
         (dim 0) / channels (dim 1) ranked by the L2 norm of their |scores| (BiP ``GetSubnetFilter`` /
         ``GetSubnetChannel`` with ``p = 2``)."""
-        if self.structure == "unstructured" and self.allocation == "global":
-            if self._warm is not None:
-                self._warm(self.scores.abs(), self.keep)
-            else:
-                topk_mask(self.scores.abs(), self.total_keep, out=self.keep)
-        elif self.structure == "unstructured":
-            for s, out, k in zip(self.scores_v, self.keep_v, self.layer_keep):
-                topk_mask(s.abs(), k, out=out)
-        else:
-            for s, out, k, dim in zip(self.scores_v, self.keep_v, self.layer_keep, self.dims):
-                other = [d for d in range(s.dim()) if d != dim]
-                unit = s.float().pow(2).sum(dim=other).sqrt()
-                shape = [1] * s.dim()
-                shape[dim] = -1
-                out.copy_(topk_mask(unit, k).view(shape).expand_as(s))
+        kept = self._selector(self.scores.abs(), self.counts, nonnegative=True)
+        if kept.data_ptr() != self.keep.data_ptr():
+            self.keep.copy_(kept)
         self.factor.copy_(self.keep)
 
     @torch.no_grad()
@@ -245,8 +194,11 @@ def split_params(model: nn.Module, targets: list[Tensor]) -> tuple[list[nn.Param
 class ScoreConfig(MethodConfig):
     """Settings shared by score-based methods (HYDRA, BiP)."""
 
-    structure: Literal["unstructured", "filter", "channel"] = "unstructured"
-    allocation: Literal["global", "uniform", "erk", "er"] = "global"
+    allocations = ("global", "uniform", "erk", "er", "custom")
+    structures = ("unstructured", "filter", "channel")
+
+    structure: Structure = Field("unstructured", description=STRUCTURE_HELP)
+    allocation: Allocation = Field("global", description=ALLOCATION_HELP)
 
     @model_validator(mode="before")
     @classmethod
@@ -263,12 +215,12 @@ class ScoreConfig(MethodConfig):
     def _structured_allocation(self) -> "ScoreConfig":
         if self.structure != "unstructured" and self.allocation == "global":
             raise ValueError(f"structure={self.structure!r} prunes a fraction of every layer; "
-                             "allowed allocation: uniform, erk, er")
+                             "allowed allocation: uniform, erk, er or a custom map")
         return self
 
 
 class HydraConfig(ScoreConfig):
-    allocation: Literal["global", "uniform", "erk", "er"] = "uniform"  # HYDRA: per layer
+    allocation: Allocation = Field("uniform", description=ALLOCATION_HELP + " (HYDRA: uniform, per layer)")
     score_init: Literal["scaled", "weights", "shared"] = "scaled"
     score_epochs: int = Field(20, ge=0)  # HYDRA README: 20; BiP configs/*/hydra.yml: 100
     score_lr: float = Field(0.1, ge=0.0)

@@ -26,7 +26,7 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..sparsity import MaskSet, allocate, num_keep, topk_mask
+from ..sparsity import MaskSet, keep_counts, select
 from ..sparsity.targets import unit_dim
 from .base import PruneContext, Pruner
 from .hydra import ScoreConfig
@@ -61,53 +61,42 @@ class IMP(Pruner):
         self.level = 0
         self.rewind_state: dict[str, Tensor] | None = None
         structured = config.structure != "unstructured"
-        self._dims = [unit_dim(model, n, config.structure) if structured else None for n in self.masks.names()]
-        self._global = not structured and config.allocation == "global"
+        self._dims = {n: unit_dim(model, n, config.structure) for n in self.masks.names()} if structured else None
 
     schedule = "iterative"
 
     # --- the level plan ------------------------------------------------------------------------
-    def _units(self) -> list[int]:
-        return [m.numel() if dim is None else m.shape[dim] for m, dim in zip(self.masks.values(), self._dims)]
+    def _budget(self) -> int | dict[str, int]:
+        """Kept entries at the target: one total (global) or per layer (weights, or units)."""
+        shapes = {n: tuple(m.shape) for n, m in self.masks.items()}
+        units = None if self._dims is None else {n: shapes[n][d] for n, d in self._dims.items()}
+        return keep_counts(shapes, self.target_sparsity(), self.config.allocation, units=units)
 
     def plan(self) -> list[tuple[int, ...]]:
-        """Kept counts per level 1..L: one total (global) or one per layer (weights or units)."""
-        frac, s = self.config.prune_fraction, self.target_sparsity()
-        if self._global:
-            current, targets = [sum(self._units())], [num_keep(sum(self._units()), s)]
-        else:  # per layer: every layer loses the fraction of its survivors until its own budget
-            shapes = {n: tuple(m.shape) for n, m in self.masks.items()}
-            budget = allocate(self.config.allocation, shapes, s)
-            current = self._units()
-            targets = [num_keep(u, budget[n]) for u, n in zip(current, self.masks.names())]
+        """Kept counts per level 1..L: one total (global) or one per layer (weights or units); every
+        count loses ``ceil(prune_fraction * count)`` per level until its budget."""
+        budget = self._budget()
+        if isinstance(budget, int):
+            current, targets = [self.masks.numel()], [budget]
+        else:
+            current = [m.numel() if self._dims is None else m.shape[self._dims[n]] for n, m in self.masks.items()]
+            targets = list(budget.values())
         levels: list[tuple[int, ...]] = []
         while any(c > t for c, t in zip(current, targets)):
-            current = [max(t, c - math.ceil(frac * c)) for c, t in zip(current, targets)]
+            current = [max(t, c - math.ceil(self.config.prune_fraction * c)) for c, t in zip(current, targets)]
             levels.append(tuple(current))
         return levels
 
     # --- pruning -------------------------------------------------------------------------------
     @torch.no_grad()
     def _prune_to(self, keep: tuple[int, ...]) -> None:
-        params, masks = self.masks.params, list(self.masks.values())
-        # survivors rank by |w|; already-pruned entries rank last, so masks stay nested
-        scores = [torch.where(m, p.detach().abs().float(), -torch.inf) for p, m in zip(params, masks)]
-        if self._global:
-            sizes = [m.numel() for m in masks]
-            flat = topk_mask(torch.cat([s.reshape(-1) for s in scores]), keep[0])
-            for m, part in zip(masks, flat.split(sizes)):
-                m.copy_(part.view(m.shape))
-        elif self._dims[0] is None:
-            for s, m, k in zip(scores, masks, keep):
-                topk_mask(s, k, out=m)
-        else:
-            for p, m, k, dim in zip(params, masks, keep, self._dims):
-                other = [d for d in range(p.dim()) if d != dim]
-                unit = p.detach().float().pow(2).sum(dim=other).sqrt()
-                alive = m.any(dim=other)
-                shape = [1] * p.dim()
-                shape[dim] = -1
-                m.copy_(topk_mask(torch.where(alive, unit, -torch.inf), k).view(shape).expand_as(m))
+        # survivors rank by |w| (whole units by their L2 norm); pruned entries never come back
+        names = self.masks.names()
+        scores = {n: p.detach().abs() for n, p in zip(names, self.masks.params)}
+        counts = keep[0] if isinstance(self._budget(), int) else dict(zip(names, keep))
+        new = select(scores, self.masks, keep=counts, structure=self.config.structure, unit_dims=self._dims)
+        for n, m in self.masks.items():
+            m.copy_(new[n])
         self.enforce()
 
     def prune_level(self, level: int) -> MaskSet:

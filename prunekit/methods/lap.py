@@ -19,8 +19,8 @@ from ..modelio import attention_modules
 from ..sparsity.targets import weight_layout
 from ..registry import suggest
 from ..scoring import lap as scoring
-from ..sparsity import allocate, custom, num_keep, topk_mask
-from .base import MethodConfig, PruneContext, Pruner, require
+from ..sparsity import allocate, custom, num_keep, select, topk_mask
+from .base import ALLOCATION_HELP, Allocation, MethodConfig, PruneContext, Pruner, require
 from .registry import METHODS
 
 
@@ -75,7 +75,10 @@ class LayerRatesConfig(MethodConfig):
     targets: str | dict[str, Any] = "lap"
     rates: str | float | list[float] | dict[str, float] | None = None
     round: int | None = Field(None, ge=1)
-    allocation: Literal["rates", "uniform", "erk", "er"] | None = None  # None: rates if given, else uniform
+    allocations = ("rates", "uniform", "erk", "er", "custom")
+
+    allocation: Allocation | None = Field(None, description=ALLOCATION_HELP + "; rates: LAP's per-layer rates "
+                                          "table; None: rates if given, else uniform")
     pruning: Literal["oneshot", "iterative"] = "oneshot"
     retrain_steps: int | None = Field(None, ge=1)  # iterative: steps of fine-tuning between rounds
     counting: Literal["reference", "canonical"] | None = None  # None: reference with rates, else canonical
@@ -208,11 +211,8 @@ class _LayerwisePruner(Pruner):
         return self.masks
 
     def _select(self, keep: list[int], ctx: PruneContext | None) -> dict[str, torch.Tensor]:
-        scores = self.scores(ctx)
-        out = {}
-        for (name, mask), score, k in zip(self.masks.items(), scores, keep):
-            out[name] = topk_mask(score.masked_fill(~mask, -torch.inf), k)
-        return out
+        scores = dict(zip(self.masks.names(), self.scores(ctx)))
+        return select(scores, self.masks, keep=dict(zip(self.masks.names(), keep)))
 
     def scores(self, ctx: PruneContext | None) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -430,15 +430,14 @@ class _GlobalPruner(Pruner):
         total = self.masks.numel()
         counting = cfg.counting or ("reference" if cfg.levels is not None else "canonical")
         k = min(round((1 - s) * total) if counting == "reference" else num_keep(total, s), self.masks.nnz())
-        flat = []
-        for mask, score in zip(self.masks.values(), self.scores(ctx)):
+        scores = {}
+        for name, score in zip(self.masks.names(), self.scores(ctx)):
             if cfg.normalize:
                 norm = score.norm()
                 score = score / norm if norm > 0 else score
-            flat.append(score.masked_fill(~mask, -torch.inf).flatten())
-        # one top-k over the concatenation (ties: layer order, then index), kept in the scores' dtype
-        keep = topk_mask(torch.cat(flat), k).split([m.numel() for m in self.masks.values()])
-        self.masks.update_({n: part.view_as(m) for (n, m), part in zip(self.masks.items(), keep)})
+            scores[name] = score
+        # one top-k over all layers (ties: layer order, then index), in the scores' dtype
+        self.masks.update_(select(scores, self.masks, keep=k))
         self.enforce()
         return self.masks
 

@@ -29,7 +29,7 @@ from dataclasses import replace
 from typing import Literal
 
 import torch
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from ..errors import MaskError
@@ -40,7 +40,7 @@ from ..scoring.paths import PathCounter
 from ..scoring.phew import ChainLayer, trace_layers
 from ..sparsity import allocate, num_keep
 from ..sparsity.targets import SHORTCUT_WORDS
-from .base import PruneContext
+from .base import ALLOCATION_HELP, Allocation, PruneContext
 from .data_free import DataFreeConfig, DataFreePruner, KeepsLayersDense, untraceable_attention_weights
 from .registry import METHODS
 
@@ -54,7 +54,9 @@ class NPBConfig(DataFreeConfig):
     max_p: int = 9
     min_nodes: int = 1  # --min_n (min_param_to_node)
     node_constraint: bool = False  # --is_node_constraint
-    allocation: Literal["erk", "uniform", "er"] = "erk"  # --init_mode
+    allocations = ("erk", "uniform", "er", "custom")
+
+    allocation: Allocation = Field("erk", description=ALLOCATION_HELP + " (--init_mode; the reference: erk)")
     chunk_size: int = 32
     chunk_above: int = 128 * 128  # the reference also chunks above 64 * 32 for its CIFAR ResNets
     linear_chunk_size: int = 10

@@ -23,24 +23,27 @@ import itertools
 from typing import Literal
 
 import torch
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from ..errors import ConfigError, ModelError
 from ..modelio import batch_to, concat_batches
 from ..scoring import SynFlowScorer, grasp_scores, snip_scores
 from ..scoring.prospr import prospr_scores
-from ..scoring.topk import SegmentTopK
 from ..scoring.data import (cycle_batches, input_shape_from, model_device, num_classes_of, take_samples, threads_for,
                             train_mode)
-from ..sparsity import masks_from_scores, num_keep
-from .base import InitPruner, MethodConfig, PruneContext, report_progress
+from ..sparsity import FlatSelector, select
+from .base import ALLOCATION_HELP, STRUCTURE_HELP, Allocation, InitPruner, MethodConfig, PruneContext, Structure, report_progress
 from .registry import METHODS
 
 
 class PaIConfig(MethodConfig):
     """Settings shared by the score-based PaI methods."""
 
-    allocation: Literal["global", "uniform", "erk", "er"] = "global"
+    allocations = ("global", "uniform", "erk", "er", "custom")
+    structures = ("unstructured", "N:M")
+
+    allocation: Allocation = Field("global", description=ALLOCATION_HELP)
+    structure: Structure = Field("unstructured", description=STRUCTURE_HELP)
     rounds: int = 1
     rounds_schedule: Literal["exponential", "linear"] = "exponential"
     train_mode: bool = False
@@ -53,6 +56,8 @@ class PaIConfig(MethodConfig):
     def _positive_rounds(self):
         if self.rounds < 1:
             raise ValueError(f"rounds={self.rounds} is not allowed; allowed: an integer >= 1")
+        if self.structure != "unstructured" and self.rounds != 1:
+            raise ValueError(f"structure={self.structure!r} fixes the sparsity of every round; allowed: rounds=1")
         return self
 
 
@@ -88,15 +93,9 @@ class ScorePaI(InitPruner):
         cfg = self.config
         if cfg.invert:  # Frankle et al. 2021 control: keep the lowest scores instead
             scores = {n: -s for n, s in scores.items()}
-        # weights pruned earlier stay pruned (-inf ranks below every finite score)
-        scores = {n: s.masked_fill(~self.masks[n], -torch.inf) for n, s in scores.items()}
-        if cfg.allocation == "global" and next(iter(scores.values())).dtype == torch.float32:
-            flat = torch.cat([s.reshape(-1) for s in scores.values()])
-            keep = SegmentTopK([flat.numel()], flat.device)(flat, [num_keep(flat.numel(), sparsity)])
-            new = dict(zip(scores, keep.split([s.numel() for s in scores.values()])))
-            self.masks.update_({n: k.view_as(self.masks[n]) for n, k in new.items()})
-        else:
-            self.masks.update_(masks_from_scores(scores, sparsity, cfg.allocation))
+        # weights pruned earlier stay pruned
+        self.masks.update_(select(scores, self.masks, sparsity=sparsity, allocation=cfg.allocation,
+                                  structure=cfg.structure))
 
     def prune(self, ctx: PruneContext | None = None):
         cfg = self.config
@@ -223,8 +222,8 @@ class SynFlow(ScorePaI):
     def _rounds(self, scorer: SynFlowScorer, keep: torch.Tensor, target: float,
                 ctx: PruneContext | None = None) -> torch.Tensor:
         cfg = self.config
-        numels = scorer.numels
-        select = SegmentTopK([keep.numel()], keep.device)
+        selector = FlatSelector({n: m.shape for n, m in self.masks.items()}, cfg.allocation, keep.device,
+                                structure=cfg.structure)
         for r in range(1, cfg.rounds + 1):
             s = scorer.flat_scores(keep)
             if r == 1:
@@ -232,14 +231,9 @@ class SynFlow(ScorePaI):
             if cfg.invert:
                 s = s.neg_()
             sparsity = round_sparsity(target, r, cfg.rounds, cfg.rounds_schedule)
-            if cfg.allocation == "global":
-                keep = select(s, [num_keep(s.numel(), sparsity)], nonnegative=not cfg.invert, active=keep)
-            else:
-                s = s.masked_fill_(~keep, -torch.inf)
-                parts = {n: v.view(m.shape) for (n, m), v in zip(self.masks.items(), s.split(numels))}
-                keep = torch.cat([k.reshape(-1) for k in masks_from_scores(parts, sparsity, cfg.allocation).values()])
+            keep = selector(s, selector.counts(sparsity), nonnegative=not cfg.invert, active=keep)
             report_progress(ctx, r, cfg.rounds)
-        return keep.clone()  # the global path returns the selector's reused buffer
+        return keep.clone()  # the selector's reused buffer
 
 
 class IterSNIPConfig(PaIConfig):

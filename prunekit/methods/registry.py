@@ -49,10 +49,20 @@ def method_settings(name: str) -> list[tuple[str, str, str, str]]:
     comments = _source_comments(cls)
     rows = []
     for field, info in cls.model_fields.items():
-        kind = _type_name(info.annotation)
+        kind = _kinds(cls, field, info) or _type_name(info.annotation)
         default = "(required)" if info.is_required() else repr(info.default)
         rows.append((field, kind, default, info.description or comments.get(field, "")))
     return rows
+
+
+def _kinds(cls: type[MethodConfig], field: str, info: Any) -> str:
+    """The accepted kinds of an ``allocation``/``structure`` setting (the Config's ``allocations`` /
+    ``structures``), written like a Literal; "" for other settings."""
+    kinds = {"allocation": cls.allocations, "structure": cls.structures}.get(field, ())
+    if not kinds:
+        return ""
+    shown = ["{layer: sparsity}" if k == "custom" else repr(k) for k in kinds]
+    return " | ".join(shown + (["None"] if info.default is None else []))
 
 
 def _type_name(annotation: Any) -> str:

@@ -24,14 +24,14 @@ import math
 from typing import Any, Literal, Mapping
 
 import torch
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from ..errors import ConfigError, MaskError, ModelError
 from ..export.graph import CONSUMER, DEPTHWISE, NORM, PRODUCER, ChannelGather, ChannelGraph, clear_entries_, member_entries
 from ..modelio import batch_to, slice_batch
-from ..sparsity import MaskSet, num_keep, topk_mask
-from .base import MethodConfig, PruneContext, Pruner
+from ..sparsity import MaskSet, keep_counts, topk_mask
+from .base import Allocation, MethodConfig, PruneContext, Pruner
 from .basic import MagnitudePruning
 from .registry import METHODS
 
@@ -41,7 +41,11 @@ OWN_SCORERS = ("taylor",)
 class StructuredConfig(MethodConfig):
     scorer: str = "magnitude"  # "taylor" or a prunekit.scoring.SCORERS name
     reduce: Literal["l1", "l2"] = "l1"
-    allocation: Literal["uniform", "global"] = "uniform"
+    allocations = ("uniform", "global")
+
+    allocation: Allocation = Field("uniform", description="how the sparsity is spread over the channel groups: "
+                                   "the same fraction of each (uniform) or one threshold over the groups' "
+                                   "mean-normalised scores (global)")
     round_to: int = 1
     prune_coupled: bool = True  # also groups written by several layers (residual streams)
     when: Literal["init", "after"] = "after"
@@ -186,13 +190,13 @@ class StructuredPruner(Pruner):
         return total if self.config.reduce == "l1" else total.sqrt()
 
     def _keep_counts(self, units: list[int], unit_scores: list[Tensor], roundable: list[bool]) -> list[int]:
-        cfg, sp = self.config, self.target_sparsity()
-        if cfg.allocation == "uniform":
-            keep = [num_keep(n, sp) for n in units]
-        else:
-            normed = [s / s.mean().clamp_min(1e-300) for s in unit_scores]
-            chosen = topk_mask(torch.cat(normed), num_keep(sum(units), sp))
-            keep = [int(part.sum()) for part in torch.split(chosen, units)]
+        cfg = self.config
+        groups = [str(i) for i in range(len(units))]
+        # a global threshold compares groups by their scores relative to the group's mean
+        normed = {g: s / s.mean().clamp_min(1e-300) for g, s in zip(groups, unit_scores)}
+        keep = keep_counts({g: (n,) for g, n in zip(groups, units)}, self.target_sparsity(), cfg.allocation,
+                           scores=normed)
+        keep = list(keep.values())
         return [rounded_keep(n, k, cfg.round_to if r else 1) for n, k, r in zip(units, keep, roundable)]
 
     def _select(self, group, scores: Tensor, keep: int, gather_removed: dict[int, set[int]]) -> Tensor:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..sparsity import MaskSet, masks_from_scores, topk_mask
+from ..sparsity import MaskSet, select, topk_mask
 from .data import Batch, threads_for
 from .paths import PathCounter
 
@@ -77,7 +77,7 @@ def _synflow_round(net, weights, current, ones, sparsity, r, rounds):
     net(ones).sum().backward()
     scores = {n: (w.grad * w.detach()).abs() for n, w in zip(current, weights)}
     scores = {n: s.masked_fill(~current[n], -torch.inf) for n, s in scores.items()}
-    return masks_from_scores(scores, round_sparsity(sparsity, r, rounds, "exponential"), "global")
+    return select(scores, sparsity=round_sparsity(sparsity, r, rounds, "exponential"), allocation="global")
 
 
 class _TopKStraightThrough(torch.autograd.Function):

@@ -1,20 +1,22 @@
 """Pure tensor logic of sparsity: masks, targets, allocation, selection, schedules, units."""
-from .allocate import achieved_sparsity, allocate, custom, er, erk, uniform
+from .allocate import ALLOCATORS, achieved_sparsity, allocate, allocation_kind, check_allocation, custom, er, erk, uniform
 from .masks import MaskSet
 from .optim_state import POLICIES as OPTIMIZER_STATE_POLICIES
 from .optim_state import mask_optimizer_state_, reset_optimizer_state_
 from .schedules import CosineDecay, CubicSchedule, OneShot, geometric_sparsity, lap_layer_sparsity, lap_remaining
 from .select import (
-    channel_mask,
-    filter_mask,
-    global_topk,
-    layerwise_topk,
-    masks_from_scores,
+    STRUCTURES,
+    FlatSelector,
+    check_structure,
+    keep_counts,
     nm_mask,
+    nm_sparsity,
     num_keep,
     num_zeros,
-    topk_mask,
+    select,
+    structure_kind,
 )
+from .topk import keep_largest, topk_mask
 from .targets import PRESETS as TARGET_PRESETS
 from .targets import Targets, resolve_targets
 from .units import (

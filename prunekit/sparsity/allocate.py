@@ -9,7 +9,7 @@
 * ``custom``: an explicit ``{name or glob: sparsity}`` map.
 
 ``global`` allocation (one threshold across layers) depends on scores, not only shapes: see
-:func:`prunekit.sparsity.select.global_topk`.
+:func:`prunekit.sparsity.select.select`.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import math
 from typing import Mapping, Sequence
 
 from ..errors import ConfigError
+from ..registry import Registry
 from .units import check_sparsity
 
 Shapes = Mapping[str, Sequence[int]]
@@ -84,19 +85,41 @@ def custom(shapes: Shapes, mapping: Mapping[str, float], default: float | None =
     return out
 
 
-ALLOCATORS = {"uniform": uniform, "erk": erk, "er": er}
+ALLOCATORS: Registry = Registry("allocation")
+ALLOCATORS.add("uniform", uniform, help="every layer at the target sparsity")
+ALLOCATORS.add("erk", erk, help="Erdős–Rényi-Kernel budgets (RigL), dense-capped layers re-solved")
+ALLOCATORS.add("er", er, help="Erdős–Rényi budgets (SET): the two fan dimensions only")
+
+#: the allocations that are not shape-only allocators: one score threshold across layers, and a map
+GLOBAL, CUSTOM = "global", "custom"
 
 
-def allocate(kind: str, shapes: Shapes, sparsity: float, **kwargs) -> dict[str, float]:
-    """Dispatch by name: ``uniform``, ``erk``, ``er``."""
-    if kind not in ALLOCATORS:
+def allocation_kind(allocation: "str | Mapping[str, float]") -> str:
+    """``custom`` for a ``{name or glob: sparsity}`` map, else the allocation's name."""
+    return CUSTOM if isinstance(allocation, Mapping) else str(allocation)
+
+
+def check_allocation(allocation: "str | Mapping[str, float]", allowed: Sequence[str],
+                     where: str = "allocation") -> "str | dict[str, float]":
+    """The allocation if its kind is one of ``allowed`` (names of :data:`ALLOCATORS`, ``global``,
+    ``custom``); a one-line :class:`ConfigError` otherwise."""
+    kind = allocation_kind(allocation)
+    if kind not in allowed:
         from ..registry import suggest
 
-        raise ConfigError(
-            f"allocation={kind!r} is not allowed{suggest(kind, list(ALLOCATORS) + ['global'])}; "
-            f"allowed: {', '.join(ALLOCATORS)}, global"
-        )
-    return ALLOCATORS[kind](shapes, sparsity, **kwargs)
+        raise ConfigError(f"{where}={allocation!r} is not allowed{suggest(kind, list(allowed))}; allowed: "
+                          f"{', '.join(allowed)}" + (" (a {layer name or glob: sparsity} map)" if CUSTOM in allowed else ""))
+    if kind == CUSTOM:
+        return {str(k): check_sparsity(float(v), f"{where}[{k}]") for k, v in allocation.items()}
+    return kind
+
+
+def allocate(kind: "str | Mapping[str, float]", shapes: Shapes, sparsity: float, **kwargs) -> dict[str, float]:
+    """Per-layer sparsities: an allocator by name (``uniform``, ``erk``, ``er``) or a custom map."""
+    if isinstance(kind, Mapping):
+        return custom(shapes, kind)
+    check_allocation(kind, ALLOCATORS.names())
+    return ALLOCATORS.get(kind)(shapes, sparsity, **kwargs)
 
 
 def achieved_sparsity(shapes: Shapes, sparsities: Mapping[str, float]) -> float:
