@@ -75,6 +75,10 @@ class MethodConfig(BaseModel):
     def _nm_fixes_sparsity(cls, data: Any) -> Any:
         s = nm_sparsity(data.get("structure", "")) if isinstance(data, dict) else None
         if s is not None:
+            check_structure(data["structure"], cls.structures)
+            if "allocation" in data:
+                raise ValueError(f"structure={data['structure']} fixes every layer's sparsity at {s:g}, so allocation "
+                                 f"does not apply; allowed: leave allocation out")
             if "sparsity" in data and abs(float(data["sparsity"]) - s) > 1e-12:
                 raise ValueError(f"structure={data['structure']} fixes sparsity={s:g} but sparsity={data['sparsity']} "
                                  f"was given; allowed: leave sparsity out, or {s:g}")

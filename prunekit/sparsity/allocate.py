@@ -71,11 +71,23 @@ def er(shapes: Shapes, sparsity: float, power_scale: float = 1.0) -> dict[str, f
 
 
 def custom(shapes: Shapes, mapping: Mapping[str, float], default: float | None = None) -> dict[str, float]:
-    """Per-layer sparsities from a map whose keys are parameter names or globs (first match wins);
-    layers not matched take ``default`` (an error when ``default`` is None)."""
+    """Per-layer sparsities from a map whose keys are parameter names or globs; layers not matched take
+    ``default`` (an error when ``default`` is None).
+
+    The meaning does not depend on the keys' order (run hashes sort them): an exact name beats every
+    glob, and a layer matched by several globs with different values is refused.
+    """
     out: dict[str, float] = {}
     for name in shapes:
-        value = next((v for pat, v in mapping.items() if pat == name or fnmatch.fnmatchcase(name, pat)), default)
+        if name in mapping:
+            value = mapping[name]
+        else:
+            hits = {pat: v for pat, v in mapping.items() if fnmatch.fnmatchcase(name, pat)}
+            if len(set(hits.values())) > 1:
+                first, second = list(hits)[:2]
+                raise ConfigError(f"custom sparsity map: layer {name!r} matches both {first!r} and {second!r} with "
+                                  "different values; allowed: name the layer exactly, or globs that do not overlap")
+            value = next(iter(hits.values()), default)
         if value is None:
             raise ConfigError(f"custom sparsity map has no entry for layer {name!r}; add it or set a default")
         out[name] = check_sparsity(value, f"sparsity[{name}]")
