@@ -9,7 +9,6 @@ from torch import nn
 import prunekit as pk
 from prunekit.errors import ConfigError
 from prunekit.methods import PruneContext
-from prunekit.methods.dst import drop_and_grow_
 from prunekit.sparsity.topk import keep_largest, kth_largest
 from prunekit.sparsity import CubicSchedule, erk, num_keep
 
@@ -146,7 +145,7 @@ def test_regrowth_conserves_counts_and_grows_only_at_zero_positions(name, growth
     train(model, opt, batches(3))
     before = {n: m.clone() for n, m in p.masks.items()}
     weights = [w.detach().clone() for w in p.masks.params]
-    born = drop_and_grow_(p, 0.5, growth or p.growth, step=3, round_up=name == "granet")
+    born = p.drop_and_grow_(0.5, step=3, round_up=name == "granet")
     p.enforce()
     for (n, m), w_old, w in zip(p.masks.items(), weights, p.masks.params):
         assert int(m.sum()) == int(before[n].sum()), n  # count conserved exactly

@@ -23,9 +23,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..modelio import DEFAULT_IO, ModelIO
-from ..sparsity import (MaskSet, check_allocation, check_sparsity, check_structure, mask_optimizer_state_,
+from ..sparsity import (MaskSet, check_allocation, check_sparsity, check_structure,
                         nm_sparsity, sparsity_from_compression)
-from ..sparsity.optim_state import check_policy
+from ..sparsity.optim_state import check_policy, enforce_optimizer_state_
 
 
 #: the type of every method's ``allocation`` setting: an allocator's name, ``global``, or a custom
@@ -196,9 +196,9 @@ class Pruner:
 
     # --- enforcement ---------------------------------------------------------------------------
     def enforce(self) -> None:
+        """Zero pruned weights (in place) and apply the optimizer-state policy's per-step part."""
         self.masks.apply_()
-        if self.optimizer is not None and self.optimizer_state != "keep":
-            mask_optimizer_state_(self.optimizer, self.masks)
+        enforce_optimizer_state_(self.optimizer, self.masks, self.optimizer_state)
 
     #: why ``step()`` after ``optimizer.step()`` is not this method, and the call it needs instead;
     #: ``None`` where the post-step hook is the whole per-step work (``step()`` then refuses nothing)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import weakref
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, MaskError
 from ..sparsity import CosineDecay, allocate, select
 from ..sparsity.topk import keep_above_kth, keep_largest
-from ..sparsity.optim_state import STATE_KEYS, mask_optimizer_state_
+from ..sparsity.optim_state import reset_regrown_state_
 from .base import ALLOCATION_HELP, Allocation, MethodConfig, PruneContext, Pruner
 from .registry import METHODS
 
@@ -161,45 +161,59 @@ class SparseTraining(Pruner):
         self._finished = True
         return self.masks
 
-    # --- enforcement -------------------------------------------------------------------------------
-    def enforce(self) -> None:
-        """Zero pruned weights (one foreach call with cached float masks) and, under the ``mask``
-        policy, the optimizer buffers at pruned positions (one foreach call per buffer kind)."""
-        self.masks.apply_()
-        if self.optimizer is None or self.optimizer_state != "mask":
-            return
-        state = self.optimizer.state
-        params = self.masks.params
-        first = state.get(params[0])
-        if not first:
-            return
-        for key in STATE_KEYS:
-            if not isinstance(first.get(key), Tensor):
-                continue
-            bufs = [state.get(p, {}).get(key) for p in params]
-            if all(isinstance(b, Tensor) and b.shape == p.shape for b, p in zip(bufs, params)):
-                self.masks.mask_tensors_(bufs)
-            else:  # partly created state: the slow generic path
-                mask_optimizer_state_(self.optimizer, self.masks)
-                return
-
     @torch.no_grad()
     def _revive(self, born: dict[str, Tensor]) -> None:
         """Regrown connections start at zero: their weights already are (inactive weights are zero after
-        every enforcement, also under ``mask`` for momentum); ``reset_regrown`` zeroes their optimizer
-        state, which kept accumulating while they were inactive (float multiplies: fast on CPU)."""
-        if self.optimizer is None or self.optimizer_state != "reset_regrown":
-            return
-        for p, name in zip(self.masks.params, self.masks.names()):
-            state = self.optimizer.state.get(p)
-            if name not in born or not state:
+        every enforcement); the policy's growth part resets their optimizer state."""
+        reset_regrown_state_(self.optimizer, self.masks, born, self.optimizer_state)
+
+    # --- topology updates: drop the smallest drop_scores, regrow the largest grow_scores ------------------
+    #: whether the growth criterion is the dense gradient (its FLOPs then count the dense weight gradient)
+    grows_by_gradient: ClassVar[bool] = False
+
+    def drop_scores(self, name: str, p: Tensor) -> Tensor:
+        """What an update drops the smallest of among active weights: |w| (every DST method here)."""
+        return p.detach().abs()
+
+    def grow_scores(self, name: str, p: Tensor, step: int, rng) -> Tensor:
+        """What an update regrows the largest of among inactive weights: uniform random (SET). ``rng(device)``
+        is the update's generator (one stream per update, shared by its layers)."""
+        return torch.rand(p.shape, generator=rng(p.device), device=p.device)
+
+    @torch.no_grad()
+    def drop_and_grow_(self, fraction: float, step: int, round_up: bool, reference: bool = False) -> dict[str, Tensor]:
+        """One topology update of every layer in place; returns the newly born positions per layer.
+
+        Drop ``ceil(fraction * nnz)`` (``round_up``: GraNet) or ``int(fraction * nnz)`` (RigL/SET) active
+        weights of smallest :meth:`drop_scores`: exactly (index tie-break) or, with ``reference``, as
+        ``magnitude_death`` (keep ``|w| >`` the ``(zeros + drop)``-th smallest, ties dropped too). Regrow as
+        many as were dropped at positions inactive after the drop, by the largest :meth:`grow_scores`.
+        """
+        born: dict[str, Tensor] = {}
+        gen: list[torch.Generator] = []
+
+        def rng(device: torch.device) -> torch.Generator:
+            if not gen:
+                gen.append(self._generator(step, device))
+            return gen[0]
+
+        for i, (name, p, m) in enumerate(zip(self.masks.names(), self.masks.params, self.masks.values())):
+            nnz, n = self._nnz[i], m.numel()
+            n_drop = math.ceil(fraction * nnz) if round_up else int(fraction * nnz)
+            if n_drop <= 0:
                 continue
-            keep = None
-            for key in STATE_KEYS:
-                buf = state.get(key)
-                if isinstance(buf, Tensor) and buf.shape == p.shape:
-                    keep = (~born[name]).to(buf.dtype) if keep is None else keep
-                    buf.mul_(keep)
+            score = self.drop_scores(name, p)
+            if reference:
+                keep = keep_above_kth(score, n - (n - nnz + n_drop) + 1) & m
+                n_grow = nnz - int(torch.count_nonzero(keep))
+            else:
+                keep = keep_largest(score, nnz - n_drop, m, count=nnz)
+                n_grow = n_drop
+            grow = keep_largest(self.grow_scores(name, p, step, rng), n_grow, ~keep, count=n - nnz + n_grow)
+            born[name] = grow & ~m
+            m.copy_(keep | grow)
+        self._revive(born)
+        return born
 
     # --- FLOPs bookkeeping (python ints, updated at mask changes only) -----------------------------
     def _counts(self) -> list[int]:
@@ -275,44 +289,12 @@ class SparseTraining(Pruner):
         self._input_shape = s["input_shape"]
 
 
-@torch.no_grad()
-def drop_and_grow_(pruner: SparseTraining, fraction: float, growth: str, step: int, round_up: bool,
-                   reference: bool = False) -> dict[str, torch.Tensor]:
-    """One topology update of every layer in place; returns the newly born positions per layer.
-
-    Drop ``ceil(fraction * nnz)`` (``round_up``: GraNet) or ``int(fraction * nnz)`` (RigL/SET) active
-    weights of smallest |w|: exactly (index tie-break) or, with ``reference``, as ``magnitude_death``
-    (keep ``|w| >`` the ``(zeros + drop)``-th smallest |w|, ties dropped too). Regrow as many as were
-    dropped at positions inactive after the drop, by |grad| (``gradient``) or at random (``random``).
-    """
-    born: dict[str, torch.Tensor] = {}
-    gen = None
-    for i, (name, p, m) in enumerate(zip(pruner.masks.names(), pruner.masks.params, pruner.masks.values())):
-        nnz, n = pruner._nnz[i], m.numel()
-        n_drop = math.ceil(fraction * nnz) if round_up else int(fraction * nnz)
-        if n_drop <= 0:
-            continue
-        magnitude = p.detach().abs()
-        if reference:
-            keep = keep_above_kth(magnitude, n - (n - nnz + n_drop) + 1) & m
-            n_grow = nnz - int(torch.count_nonzero(keep))
-        else:
-            keep = keep_largest(magnitude, nnz - n_drop, m, count=nnz)
-            n_grow = n_drop
-        if growth == "gradient":
-            if p.grad is None:
-                raise MaskError(f"{pruner.name}: {name} has no gradient at update step {step}; gradient growth "
-                                "needs the step's dense gradients (call the pruner before zero_grad)")
-            score = p.grad.detach().abs()
-        else:
-            if gen is None:
-                gen = pruner._generator(step, p.device)
-            score = torch.rand(p.shape, generator=gen, device=p.device)
-        grow = keep_largest(score, n_grow, ~keep, count=n - nnz + n_grow)
-        born[name] = grow & ~m
-        m.copy_(keep | grow)
-    pruner._revive(born)
-    return born
+def gradient_scores(pruner: "SparseTraining", name: str, p: Tensor, step: int) -> Tensor:
+    """RigL's and GraNet's growth criterion: the dense |dL/dw| of the update step."""
+    if p.grad is None:
+        raise MaskError(f"{pruner.name}: {name} has no gradient at update step {step}; gradient growth "
+                        "needs the step's dense gradients (call the pruner before zero_grad)")
+    return p.grad.detach().abs()
 
 
 # --- fixed density: SET and RigL -------------------------------------------------------------------
@@ -341,7 +323,6 @@ class RigLConfig(DropGrowConfig):
 class _FixedDensity(SparseTraining):
     config: DropGrowConfig
     default_optimizer_state = "reset_regrown"  # RigL: only new connections get zeroed slots
-    growth = "random"
 
     def _size_schedules(self) -> None:
         cfg = self.config
@@ -369,9 +350,9 @@ class _FixedDensity(SparseTraining):
 
     def _update(self, step: int) -> None:
         counts = list(self._nnz)
-        drop_and_grow_(self, self.drop_fraction_at(step), self.growth, step, round_up=False)
+        self.drop_and_grow_(self.drop_fraction_at(step), step, round_up=False)
         self.enforce()
-        self._record_change(step, dense_grad=self.growth == "gradient", after=counts)
+        self._record_change(step, dense_grad=self.grows_by_gradient, after=counts)
 
 
 @METHODS.register("set", family="dst", when="during")
@@ -384,12 +365,15 @@ class SET(_FixedDensity):
 
 @METHODS.register("rigl", family="dst", when="during")
 class RigL(_FixedDensity):
-    """RigL: magnitude drop, regrowth by the dense gradient, cosine drop fraction, ERK start."""
+    """RigL: SET with regrowth by the dense gradient (cosine drop fraction, ERK start)."""
 
     Config = RigLConfig
     name = "rigl"
-    growth = "gradient"
+    grows_by_gradient = True
     config: RigLConfig
+
+    def grow_scores(self, name: str, p: Tensor, step: int, rng) -> Tensor:
+        return gradient_scores(self, name, p, step)
     own_loop_refusal = ("its growth reads the dense gradients before the optimizer step, which pruner.step() "
                         "after optimizer.step() cannot see; use optimizer = pruner.wrap(optimizer) and call "
                         "optimizer.step() as usual")

@@ -37,7 +37,7 @@ from pydantic import Field, field_validator, model_validator
 from ..errors import ConfigError
 from ..sparsity import CosineDecay, CubicSchedule, select
 from .base import ALLOCATION_HELP, Allocation
-from .dst import SparseTraining, SparseTrainingConfig, drop_and_grow_
+from .dst import SparseTraining, SparseTrainingConfig, gradient_scores
 from .registry import METHODS
 
 
@@ -242,10 +242,18 @@ class GraNet(Gradual):
             self.enforce()
             self._nnz = self._counts()
         after = list(self._nnz)  # regeneration conserves every layer's count
-        drop_and_grow_(self, self.prune_rate_at(step), cfg.growth, step, round_up=True,
-                       reference=cfg.counting == "reference")
+        self.drop_and_grow_(self.prune_rate_at(step), step, round_up=True, reference=cfg.counting == "reference")
         self.enforce()
-        self._record_change(step, dense_grad=cfg.growth == "gradient", before=before, after=after)
+        self._record_change(step, dense_grad=self.grows_by_gradient, before=before, after=after)
+
+    @property
+    def grows_by_gradient(self) -> bool:  # type: ignore[override]
+        return self.config.growth == "gradient"
+
+    def grow_scores(self, name: str, p: torch.Tensor, step: int, rng) -> torch.Tensor:
+        if self.grows_by_gradient:
+            return gradient_scores(self, name, p, step)
+        return super().grow_scores(name, p, step, rng)
 
 
 @METHODS.register("granet_uniform", family="dst", when="during")
