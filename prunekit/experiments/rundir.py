@@ -176,7 +176,7 @@ def _check_partial(run_dir: Path, cfg: ExperimentConfig) -> None:
     for ckpt in run_dir.glob("checkpoint-*.pt"):
         if not ckpt.is_file():
             raise _damaged(ckpt, "is not a file (a checkpoint is)")
-    schedule = method_schedule(cfg.method)
+    schedule = method_schedule(cfg.method_settings)
     phase = {"after": "finetune", "init": "train", "during": "train"}.get(schedule)
     if phase and (run_dir / f"checkpoint-{phase}.pt").exists():  # resumes past pruning: reads prune.json
         path = run_dir / "prune.json"
@@ -189,7 +189,7 @@ def check_caches(cfg: ExperimentConfig) -> None:
     """The cached dense pretraining this run would reuse (after-training, IMP and dense runs)."""
     from .sweep import method_schedule
 
-    if method_schedule(cfg.method) not in ("none", "after", "iterative"):
+    if method_schedule(cfg.method_settings) not in ("none", "after", "iterative"):
         return
     directory = Path(cfg.output.root) / "_pretrained" / pretrain_hash(cfg)
     summary = directory / "summary.json"

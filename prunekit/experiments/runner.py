@@ -34,7 +34,7 @@ from .. import data as pkdata
 from ..diagnostics import check_layer_collapse
 from ..distributed import MaskDivergenceError, barrier, init_from_env, is_main, shard_loader, sync_state
 from ..errors import ConfigError, LayerCollapseError, NumericError, PrunekitError
-from ..methods import METHODS, PruneContext, method_config
+from ..methods import METHODS, PruneContext
 from ..report.measure import count_flops, count_params
 from ..train import Trainer, TrainConfig, evaluate
 from ..train.checkpoint import load_module_state, load_weights
@@ -64,7 +64,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def run_dir_for(cfg: ExperimentConfig) -> Path:
-    return Path(cfg.output.root) / cfg.name / f"{cfg.method['name']}-{run_hash(cfg)}"
+    return Path(cfg.output.root) / cfg.name / f"{cfg.method_settings.name}-{run_hash(cfg)}"
 
 
 def store_for(cfg: ExperimentConfig) -> ResultsStore:
@@ -93,7 +93,7 @@ class Built:
         self.train_loader, self.second_loader = shard_loader(self.train_loader), shard_loader(self.second_loader)
         self.input_shape = (self.spec.channels, *self.spec.image_size)
         self.model = self.new_model()
-        self.method_cfg = method_config(cfg.method)
+        self.method_cfg = cfg.method_settings
         check_targets(self.model, cfg, self.method_cfg)
         self.pruner = METHODS.get(self.method_cfg.name)(self.model, self.method_cfg)
         if cfg.output.tensorboard:
@@ -437,8 +437,8 @@ def run_id(cfg: ExperimentConfig) -> str:
 
 def _target_sparsity(cfg: ExperimentConfig, built: Built) -> float:
     """The configured sparsity, else the one the method derives (LAP's ``rates`` x ``round``)."""
-    if cfg.method.get("sparsity") is not None:
-        return float(cfg.method["sparsity"])
+    if cfg.method_settings.sparsity:  # 0 (the default): not configured
+        return cfg.method_settings.sparsity
     try:
         return float(built.pruner.target_sparsity())
     except PrunekitError:  # a method without one number as its target (no sparsity configured)
@@ -454,7 +454,7 @@ def _row(cfg: ExperimentConfig, built: Built, run_dir: Path, status: str, summar
     row = {
         "run_id": run_id(cfg),
         "recipe": cfg.name,
-        "method": cfg.method["name"],
+        "method": cfg.method_settings.name,
         "model": cfg.model.name,
         "dataset": cfg.data.name,
         "seed": cfg.seed,

@@ -1,9 +1,10 @@
 """The method registry and ``create``: one file per method family registers its classes here."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import GetCoreSchemaHandler, GetPydanticSchema, ValidationError
+from pydantic_core import core_schema
 from torch import nn
 
 from ..modelio import LossFn, ModelIO, OutputFn
@@ -26,6 +27,25 @@ def method_config(settings: dict[str, Any]) -> MethodConfig:
         return cls.Config(**settings)
     except ValidationError as e:
         raise config_error_from(e, cls.Config, prefix="method") from None
+
+
+def method_section(settings: MethodConfig) -> dict[str, Any]:
+    """The method section as written: ``name`` and the settings that differ from their defaults (what a
+    run's hash and labels are made of)."""
+    return settings.model_dump(exclude_defaults=True) | {"name": settings.name}
+
+
+def _section_schema(_type: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+    return core_schema.no_info_after_validator_function(
+        method_config, handler.generate_schema(dict[str, Any]),
+        serialization=core_schema.plain_serializer_function_ser_schema(method_section))
+
+
+#: A config field holding a method section: a mapping validated once by :func:`method_config` into the
+#: named method's own ``Config`` (a union over the registry tagged by ``name``, dispatched by lookup rather
+#: than a static union because plugins register methods after import) and serialized back as
+#: :func:`method_section`.
+MethodSettings = Annotated[MethodConfig, GetPydanticSchema(_section_schema)]
 
 
 def create(name: str, model: nn.Module, *, loss_fn: LossFn | None = None, output_fn: OutputFn | None = None,
