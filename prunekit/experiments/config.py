@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,7 @@ from ..errors import ConfigError, PrunekitError, first_line
 from ..modelio import logits_of
 from ..methods import MethodConfig, MethodSettings, method_config, method_section
 from ..train.config import TrainConfig
+from ..utils.hashing import settings_hash
 from ..utils.validation import config_error_from
 from .paths import check_name
 
@@ -268,8 +268,7 @@ def identity(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def run_hash(cfg: ExperimentConfig) -> str:
-    blob = json.dumps(identity(cfg), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+    return settings_hash(identity(cfg))
 
 
 def pretrain_identity(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -279,5 +278,4 @@ def pretrain_identity(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def pretrain_hash(cfg: ExperimentConfig) -> str:
-    blob = json.dumps(pretrain_identity(cfg), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+    return settings_hash(pretrain_identity(cfg))

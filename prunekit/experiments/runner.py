@@ -17,7 +17,6 @@ recorded in the store with status ``failed`` and its one-line error, and raises.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import random
 import sys
@@ -39,6 +38,7 @@ from ..report.measure import count_flops, count_params
 from ..train import Trainer, TrainConfig, evaluate
 from ..train.checkpoint import load_module_state, load_weights
 from ..train.cuda_graph import device_refusal as graph_device_refusal
+from ..utils.hashing import settings_hash
 from ..utils.io import atomic_path, atomic_write_text
 from .packing import fit_trainer
 from .config import (ExperimentConfig, check_model_fits, check_targets, create_model, identity, model_kwargs, pretrain_hash, pretrain_identity,
@@ -348,8 +348,7 @@ def _load_level(directory: Path, built: Built) -> tuple[dict[str, Any], dict[str
 def _chain_dir(cfg: ExperimentConfig) -> Path:
     """``<root>/_imp/<hash>``: the IMP levels every run with these settings (but the final sparsity) shares."""
     chain_id = {**pretrain_identity(cfg), "method": {m: v for m, v in cfg.method.items() if m != "sparsity"}}
-    digest = hashlib.sha256(json.dumps(chain_id, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return Path(cfg.output.root) / "_imp" / digest
+    return Path(cfg.output.root) / "_imp" / settings_hash(chain_id)
 
 
 def _run_levels(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporter) -> tuple[dict, float, dict]:
@@ -385,7 +384,7 @@ def _run_levels(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
     for level in range(len(plan) + 1):
         if level > 0:
             history.append(plan[level - 1])
-            tag = hashlib.sha256(json.dumps(history).encode()).hexdigest()[:10]
+            tag = settings_hash(history)
             directory = chain / f"level{level}-{tag}"
             pruner.level = level
             if (directory / "summary.json").exists():
