@@ -263,7 +263,7 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
         pruner.setup(ctx)
         if not ckpt.exists():
             t0 = time.perf_counter()
-            with rep.task(f"prune: {cfg.method['name']}") as ctx.progress:
+            with rep.task(f"prune: {cfg.method_settings.name}") as ctx.progress:
                 pruner.prune(ctx)
             extra["prune_time"] = time.perf_counter() - t0
             extra["pruned_acc"] = evaluate(built.model, built.test_loader)["acc"]
@@ -286,7 +286,7 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
         # "during" methods get on_init too: initial masks (e.g. an ERK start)
         if not ckpt.exists():
             t0 = time.perf_counter()
-            with rep.task(f"prune: {cfg.method['name']}" if schedule == "init" else "") as ctx.progress:
+            with rep.task(f"prune: {cfg.method_settings.name}" if schedule == "init" else "") as ctx.progress:
                 pruner.on_init(ctx)
             extra["prune_time"] = time.perf_counter() - t0
             if schedule == "init":  # before any training time is spent; a cut branch only warns

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from ..sparsity import allocate, masks_from_scores
 from .base import MethodConfig, PruneContext, Pruner
@@ -34,8 +35,10 @@ class Dense(Pruner):
 
 class RandomConfig(MethodConfig):
     allocation: Literal["uniform", "erk", "er"] = "uniform"
-    bernoulli: bool = False
-    seed: int | None = None  # None: the experiment seed / the global RNG
+    bernoulli: bool = Field(False, description="sample each weight with its layer's density (GraNet's "
+                            "Masking.init; the density only approximately met) instead of exact counts")
+    seed: int | None = Field(None, description="the random scores or draws; None: a seed from the global RNG "
+                             "(the experiment seed)")
 
 
 @METHODS.register("random", family="pai", when="init")
@@ -70,7 +73,8 @@ class RandomPruning(Pruner):
 
 class MagnitudeConfig(MethodConfig):
     allocation: Literal["global", "uniform", "erk", "er"] = "global"
-    when: Literal["init", "after"] = "after"
+    when: Literal["init", "after"] = Field("after", description="prune before training, or after dense "
+                                           "pretraining followed by fine-tuning (OMP)")
 
 
 @METHODS.register("magnitude", family="post-training", when="after")
