@@ -60,7 +60,7 @@ def test_bad_settings_fail_at_build_time_in_one_line():
                             "sparsity, compression, targets, optimizer_state, allocation, when")
     with pytest.raises(ConfigError, match=r"^method=5: Input should be a valid dictionary$"):
         build_config({**BASE, "method": 5})
-    with pytest.raises(ConfigError, match=r"^unknown key 'mehtod' \(did you mean 'method'\?\); allowed: .*method, train"):
+    with pytest.raises(ConfigError, match=r"^unknown key 'mehtod' \(did you mean 'method'\?\); allowed: .*, method,"):
         build_config({**BASE, "mehtod": {"name": "snip"}})
     with pytest.raises(ConfigError, match=r"^unknown key 'method_settings'"):  # the attribute is not a key
         build_config({**BASE, "method_settings": {"name": "snip"}})

@@ -85,7 +85,9 @@ class LayerRatesConfig(MethodConfig):
         "(--pruning_type)")
     retrain_steps: int | None = Field(None, ge=1, description="iterative: fine-tuning steps between rounds, all "
                                       "rounds inside the fine-tuning phase; None: one round per prune() call")
-    counting: Literal["reference", "canonical"] | None = Field(None, description="reference: keep round((1 - r) x surviving) per layer; canonical: remove int(r x surviving), prunekit's; None: reference with rates, else canonical")
+    counting: Literal["reference", "canonical"] | None = Field(
+        None, description="reference: keep round((1 - r) x surviving) per layer; canonical: remove int(r x "
+        "surviving), prunekit's; None: reference with rates, else canonical")
 
     @model_validator(mode="after")
     def _consistent(self) -> "LayerRatesConfig":
@@ -286,6 +288,11 @@ class LAPConfig(LayerRatesConfig):
                                            "None: one pass over the batches")
 
 
+def _help(setting: str) -> str | None:
+    """LAP's description of ``setting``, for the variants and the global LAP that take it too."""
+    return LAPConfig.model_fields[setting].description
+
+
 def module_names(pruner: Pruner) -> list[str]:
     """The modules owning the prunable weights (``"layer1.0.conv1"`` for ``"layer1.0.conv1.weight"``)."""
     return [n.rsplit(".", 1)[0] if "." in n else "" for n in pruner.masks.names()]
@@ -356,8 +363,7 @@ class LAP(_LayerwisePruner):
 
 def _variant(name: str, doc: str, **defaults: Any) -> type[LAP]:
     """Register ``name`` as LAP with other defaults (a Config subclass, so the settings stay editable)."""
-    fields = {k: (LAPConfig.model_fields[k].annotation, Field(v, description=LAPConfig.model_fields[k].description))
-              for k, v in defaults.items()}
+    fields = {k: (LAPConfig.model_fields[k].annotation, Field(v, description=_help(k))) for k, v in defaults.items()}
     config = create_model(f"{name}_config", __base__=LAPConfig, **fields)
     cls = type(name.title().replace("_", ""), (LAP,), {"Config": config, "name": name, "__doc__": doc})
     return METHODS.register(name, family="post-training", when="after")(cls)
@@ -478,10 +484,10 @@ class MPGlobal(_GlobalPruner):
 
 
 class LAPGlobalConfig(GlobalConfig):
-    bn: bool = Field(False, description=LAPConfig.model_fields["bn"].description)
-    activation: bool = Field(False, description=LAPConfig.model_fields["activation"].description)
-    lookahead: Literal["chain", "residual"] = Field("chain", description=LAPConfig.model_fields["lookahead"].description)
-    activation_samples: int | None = Field(None, ge=1, description=LAPConfig.model_fields["activation_samples"].description)
+    bn: bool = Field(False, description=_help("bn"))
+    activation: bool = Field(False, description=_help("activation"))
+    lookahead: Literal["chain", "residual"] = Field("chain", description=_help("lookahead"))
+    activation_samples: int | None = Field(None, ge=1, description=_help("activation_samples"))
 
 
 @METHODS.register("lap_global", family="post-training", when="after")

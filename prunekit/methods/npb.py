@@ -52,7 +52,8 @@ class NPBConfig(DataFreeConfig):
     alpha: float = Field(0.01, description="weight of the node term against the path term in alpha A + "
                          "(1 - alpha) B + beta R (--alpha)")
     beta: float = Field(1.0, description="weight of the kernel term R of convolutions (--beta)")
-    max_p: int = Field(9, description="most weights per kernel of the convolutions after the first (--max_p)")
+    max_p: int = Field(9, description="most weights per kernel of the convolutions other than the first and the "
+                       "shortcuts, raised when the budget needs it (--max_p)")
     min_nodes: int = Field(1, description="weights a node needs to count as kept, min_param_to_node (--min_n)")
     node_constraint: bool = Field(False, description="bound each node's weights as the reference's "
                                   "--is_node_constraint (solver='milp')")
