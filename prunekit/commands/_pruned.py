@@ -108,7 +108,7 @@ def _model_of_run(run: Path) -> tuple[str, nn.Module, tuple[int, ...], bool]:
     model = create_model(cfg.model.name, model_kwargs(cfg, spec), spec.num_classes)
     from ..experiments.sweep import method_schedule
 
-    return cfg.model.name, model, (spec.channels, *spec.image_size), method_schedule(cfg.method) != "none"
+    return cfg.model.name, model, (spec.channels, *spec.image_size), method_schedule(cfg.method_settings) != "none"
 
 
 def example_batch(loaded: Loaded, n: int = 2) -> torch.Tensor:

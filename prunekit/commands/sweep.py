@@ -35,11 +35,11 @@ def _fmt_flops(f: float | None) -> str:
 def _label(cfg) -> str:
     from ..cli import method_label
 
-    return method_label({"method": cfg.method["name"], "config": {"method": cfg.method}})
+    return method_label({"method": cfg.method_settings.name, "config": {"method": cfg.method}})
 
 
 def _run_line(cfg) -> str:
-    sparsity = cfg.method.get("sparsity", 0.0)
+    sparsity = cfg.method_settings.sparsity
     return f"{_label(cfg)} sparsity={sparsity} seed={cfg.seed} model={cfg.model.name} data={cfg.data.name}"
 
 
@@ -54,7 +54,7 @@ def dry_run(sweep, workers: int, console) -> int:
         table.add_column(col, justify="right" if col in ("#", "sparsity", "seed", "steps", "train FLOPs", "est. time")
                          else "left")
     for i, (cfg, run) in enumerate(zip(sweep.configs, cost.runs), 1):
-        table.add_row(str(i), run.status, _label(cfg), str(cfg.method.get("sparsity", 0.0)), str(cfg.seed), cfg.model.name,
+        table.add_row(str(i), run.status, _label(cfg), str(cfg.method_settings.sparsity), str(cfg.seed), cfg.model.name,
                       cfg.data.name, "—" if run.steps is None else f"{run.steps:,}", _fmt_flops(run.flops),
                       _fmt_seconds(run.seconds) + ("*" if run.extrapolated else ""))
     console.print(table)

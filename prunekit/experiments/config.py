@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import ConfigError, PrunekitError, first_line
 from ..modelio import logits_of
-from ..methods import MethodConfig, method_config
+from ..methods import MethodConfig, MethodSettings, method_config, method_section
 from ..train.config import TrainConfig
+from ..utils.hashing import settings_hash
 from ..utils.validation import config_error_from
 from .paths import check_name
 
@@ -59,9 +59,13 @@ class OutputSpec(BaseModel):
 
 
 class ExperimentConfig(BaseModel):
-    """One run: model × data × method × training recipe × seed."""
+    """One run: model × data × method × training recipe × seed.
 
-    model_config = ConfigDict(extra="forbid")
+    The ``method`` section is validated once, into the named method's own settings model
+    (:attr:`method_settings`); :attr:`method` is the section as written (its name and non-default settings).
+    """
+
+    model_config = ConfigDict(extra="forbid", serialize_by_alias=True)
 
     name: str = "experiment"  # the folder under output.root (see paths.check_name)
     description: str = ""
@@ -69,7 +73,7 @@ class ExperimentConfig(BaseModel):
     device: str = "auto"  # CUDA when present, else the CPU; the runner prints which at the start of a run
     model: ModelSpec
     data: DataSpec = DataSpec()
-    method: dict[str, Any] = {"name": "dense"}
+    method_settings: MethodSettings = Field(method_config({"name": "dense"}), alias="method")
     train: TrainConfig = TrainConfig()
     finetune: TrainConfig | None = None  # after-training methods: default = train
     output: OutputSpec = OutputSpec()
@@ -88,10 +92,10 @@ class ExperimentConfig(BaseModel):
             raise ValueError("allowed: cpu, cuda, cuda:N, auto")
         return v
 
-    @field_validator("method")
-    @classmethod
-    def _method(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return method_config(v).model_dump(exclude_defaults=True) | {"name": v["name"]}
+    @property
+    def method(self) -> dict[str, Any]:
+        """The method section as written: ``name`` and the settings that differ from their defaults."""
+        return method_section(self.method_settings)
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -240,7 +244,7 @@ def check_compatible(cfg: ExperimentConfig) -> None:
     problem = _fit_problem(cfg.model.name, kwargs, cfg.data.name)
     if problem:
         raise ConfigError(problem)
-    check_targets(_meta_model(cfg.model.name, kwargs, spec.num_classes), cfg, method_config(cfg.method))
+    check_targets(_meta_model(cfg.model.name, kwargs, spec.num_classes), cfg, cfg.method_settings)
 
 
 @functools.lru_cache(maxsize=64)
@@ -264,8 +268,7 @@ def identity(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def run_hash(cfg: ExperimentConfig) -> str:
-    blob = json.dumps(identity(cfg), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+    return settings_hash(identity(cfg))
 
 
 def pretrain_identity(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -275,5 +278,4 @@ def pretrain_identity(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def pretrain_hash(cfg: ExperimentConfig) -> str:
-    blob = json.dumps(pretrain_identity(cfg), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+    return settings_hash(pretrain_identity(cfg))

@@ -35,12 +35,12 @@ def pack_refusal(cfg) -> str | None:
     """Why the run of ``cfg`` cannot train packed (None: it can), from its configuration alone."""
     from .sweep import method_schedule
 
-    name = cfg.method["name"]
+    name = cfg.method_settings.name
     if name in REFUSED:
         return f"{name}: {REFUSED[name]}"
-    if method_schedule(cfg.method) == "iterative":
+    if method_schedule(cfg.method_settings) == "iterative":
         return f"{name}: an IMP chain prunes each level from the previous level's trained weights, one after another"
-    if cfg.method.get("retrain_steps"):
+    if getattr(cfg.method_settings, "retrain_steps", None):  # LAP's iterative rounds
         return f"{name} with retrain_steps: every pruning round starts a fresh optimizer, which a shared one cannot do"
     if cfg.train.compile or (cfg.finetune is not None and cfg.finetune.compile):
         return "train.compile: the members' forwards are not compiled as one pack"

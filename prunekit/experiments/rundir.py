@@ -12,7 +12,6 @@ hand-edited ``config.yaml`` is detected, and one process at a time works in a di
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Callable, Iterator
 import yaml
 
 from ..errors import RunDirError
+from ..utils.hashing import text_digest
 from .config import ExperimentConfig, pretrain_hash
 from .paths import check_inside, check_output_dir
 
@@ -72,7 +72,7 @@ def read_jsonl(path: Path, fix: str = FORCE) -> list[dict[str, Any]]:
 def config_text(cfg: ExperimentConfig) -> str:
     """``config.yaml``: the resolved settings, after a comment line with their hash (:data:`HASH_LINE`)."""
     body = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    return f"{HASH_LINE}{_sha(body)}\n{body}"
+    return f"{HASH_LINE}{text_digest(body)}\n{body}"
 
 
 def _unedited(text: str) -> bool | None:
@@ -80,11 +80,7 @@ def _unedited(text: str) -> bool | None:
     first, _, body = text.partition("\n")
     if not first.startswith(HASH_LINE):
         return None
-    return first[len(HASH_LINE):].strip() == _sha(body)
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+    return first[len(HASH_LINE):].strip() == text_digest(body)
 
 
 def write_config(run_dir: Path, cfg: ExperimentConfig) -> None:
@@ -176,7 +172,7 @@ def _check_partial(run_dir: Path, cfg: ExperimentConfig) -> None:
     for ckpt in run_dir.glob("checkpoint-*.pt"):
         if not ckpt.is_file():
             raise _damaged(ckpt, "is not a file (a checkpoint is)")
-    schedule = method_schedule(cfg.method)
+    schedule = method_schedule(cfg.method_settings)
     phase = {"after": "finetune", "init": "train", "during": "train"}.get(schedule)
     if phase and (run_dir / f"checkpoint-{phase}.pt").exists():  # resumes past pruning: reads prune.json
         path = run_dir / "prune.json"
@@ -189,7 +185,7 @@ def check_caches(cfg: ExperimentConfig) -> None:
     """The cached dense pretraining this run would reuse (after-training, IMP and dense runs)."""
     from .sweep import method_schedule
 
-    if method_schedule(cfg.method) not in ("none", "after", "iterative"):
+    if method_schedule(cfg.method_settings) not in ("none", "after", "iterative"):
         return
     directory = Path(cfg.output.root) / "_pretrained" / pretrain_hash(cfg)
     summary = directory / "summary.json"

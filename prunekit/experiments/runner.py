@@ -17,7 +17,6 @@ recorded in the store with status ``failed`` and its one-line error, and raises.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import random
 import sys
@@ -34,11 +33,12 @@ from .. import data as pkdata
 from ..diagnostics import check_layer_collapse
 from ..distributed import MaskDivergenceError, barrier, init_from_env, is_main, shard_loader, sync_state
 from ..errors import ConfigError, LayerCollapseError, NumericError, PrunekitError
-from ..methods import METHODS, PruneContext, method_config
+from ..methods import METHODS, PruneContext
 from ..report.measure import count_flops, count_params
 from ..train import Trainer, TrainConfig, evaluate
 from ..train.checkpoint import load_module_state, load_weights
 from ..train.cuda_graph import device_refusal as graph_device_refusal
+from ..utils.hashing import settings_hash
 from ..utils.io import atomic_path, atomic_write_text
 from .packing import fit_trainer
 from .config import (ExperimentConfig, check_model_fits, check_targets, create_model, identity, model_kwargs, pretrain_hash, pretrain_identity,
@@ -64,7 +64,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def run_dir_for(cfg: ExperimentConfig) -> Path:
-    return Path(cfg.output.root) / cfg.name / f"{cfg.method['name']}-{run_hash(cfg)}"
+    return Path(cfg.output.root) / cfg.name / f"{cfg.method_settings.name}-{run_hash(cfg)}"
 
 
 def store_for(cfg: ExperimentConfig) -> ResultsStore:
@@ -93,7 +93,7 @@ class Built:
         self.train_loader, self.second_loader = shard_loader(self.train_loader), shard_loader(self.second_loader)
         self.input_shape = (self.spec.channels, *self.spec.image_size)
         self.model = self.new_model()
-        self.method_cfg = method_config(cfg.method)
+        self.method_cfg = cfg.method_settings
         check_targets(self.model, cfg, self.method_cfg)
         self.pruner = METHODS.get(self.method_cfg.name)(self.model, self.method_cfg)
         if cfg.output.tensorboard:
@@ -263,7 +263,7 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
         pruner.setup(ctx)
         if not ckpt.exists():
             t0 = time.perf_counter()
-            with rep.task(f"prune: {cfg.method['name']}") as ctx.progress:
+            with rep.task(f"prune: {cfg.method_settings.name}") as ctx.progress:
                 pruner.prune(ctx)
             extra["prune_time"] = time.perf_counter() - t0
             extra["pruned_acc"] = evaluate(built.model, built.test_loader)["acc"]
@@ -286,7 +286,7 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
         # "during" methods get on_init too: initial masks (e.g. an ERK start)
         if not ckpt.exists():
             t0 = time.perf_counter()
-            with rep.task(f"prune: {cfg.method['name']}" if schedule == "init" else "") as ctx.progress:
+            with rep.task(f"prune: {cfg.method_settings.name}" if schedule == "init" else "") as ctx.progress:
                 pruner.on_init(ctx)
             extra["prune_time"] = time.perf_counter() - t0
             if schedule == "init":  # before any training time is spent; a cut branch only warns
@@ -348,8 +348,7 @@ def _load_level(directory: Path, built: Built) -> tuple[dict[str, Any], dict[str
 def _chain_dir(cfg: ExperimentConfig) -> Path:
     """``<root>/_imp/<hash>``: the IMP levels every run with these settings (but the final sparsity) shares."""
     chain_id = {**pretrain_identity(cfg), "method": {m: v for m, v in cfg.method.items() if m != "sparsity"}}
-    digest = hashlib.sha256(json.dumps(chain_id, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return Path(cfg.output.root) / "_imp" / digest
+    return Path(cfg.output.root) / "_imp" / settings_hash(chain_id)
 
 
 def _run_levels(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporter) -> tuple[dict, float, dict]:
@@ -385,7 +384,7 @@ def _run_levels(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
     for level in range(len(plan) + 1):
         if level > 0:
             history.append(plan[level - 1])
-            tag = hashlib.sha256(json.dumps(history).encode()).hexdigest()[:10]
+            tag = settings_hash(history)
             directory = chain / f"level{level}-{tag}"
             pruner.level = level
             if (directory / "summary.json").exists():
@@ -437,8 +436,8 @@ def run_id(cfg: ExperimentConfig) -> str:
 
 def _target_sparsity(cfg: ExperimentConfig, built: Built) -> float:
     """The configured sparsity, else the one the method derives (LAP's ``rates`` x ``round``)."""
-    if cfg.method.get("sparsity") is not None:
-        return float(cfg.method["sparsity"])
+    if cfg.method_settings.sparsity:  # 0 (the default): not configured
+        return cfg.method_settings.sparsity
     try:
         return float(built.pruner.target_sparsity())
     except PrunekitError:  # a method without one number as its target (no sparsity configured)
@@ -454,7 +453,7 @@ def _row(cfg: ExperimentConfig, built: Built, run_dir: Path, status: str, summar
     row = {
         "run_id": run_id(cfg),
         "recipe": cfg.name,
-        "method": cfg.method["name"],
+        "method": cfg.method_settings.name,
         "model": cfg.model.name,
         "dataset": cfg.data.name,
         "seed": cfg.seed,

@@ -39,6 +39,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 from ..errors import ConfigError, PrunekitError
+from ..methods import MethodConfig
 from .config import ExperimentConfig, build_config, parse_overrides, pretrain_hash
 from .recipes import expand_grid, load_recipe
 from .runner import run_dir_for, run_experiment, store_for
@@ -113,29 +114,31 @@ def expand(tree: dict[str, Any], overrides: list[str] = ()) -> list[ExperimentCo
     return configs
 
 
-def method_schedule(method: dict[str, Any]) -> str:
-    """When a method prunes (``Pruner.schedule``: none/init/during/after/iterative), without a model.
+def method_schedule(method: MethodConfig | dict[str, Any]) -> str:
+    """When a method prunes (``Pruner.schedule``: none/init/during/after/iterative), without a model;
+    ``method``: validated settings (``cfg.method_settings``) or a method section.
 
     ``schedule`` is a class attribute, or a property of the settings (magnitude's ``when``)."""
     from ..methods import METHODS, method_config
 
-    cls = METHODS.get(method["name"])
+    settings = method if isinstance(method, MethodConfig) else method_config(method)
+    cls = METHODS.get(settings.name)
     attr = inspect.getattr_static(cls, "schedule")
     if isinstance(attr, property):
-        return attr.fget(SimpleNamespace(config=method_config(method)))
+        return attr.fget(SimpleNamespace(config=settings))
     return attr
 
 
 def _without_unused_sparsity(cfg: ExperimentConfig) -> ExperimentConfig:
-    if method_schedule(cfg.method) == "none" and "sparsity" in cfg.method:
-        method = {k: v for k, v in cfg.method.items() if k != "sparsity"}
-        return cfg.model_copy(update={"method": method})
+    settings = cfg.method_settings
+    if method_schedule(settings) == "none" and settings.sparsity:
+        return cfg.model_copy(update={"method_settings": settings.model_copy(update={"sparsity": 0.0})})
     return cfg
 
 
 def group_key(cfg: ExperimentConfig) -> str:
     """Runs with the same key share on-disk caches and must not run concurrently (see module doc)."""
-    if method_schedule(cfg.method) in ("none", "after", "iterative"):
+    if method_schedule(cfg.method_settings) in ("none", "after", "iterative"):
         return f"pretrain-{pretrain_hash(cfg)}"
     return f"run-{run_dir_for(cfg).name}"
 

@@ -63,7 +63,7 @@ def phase_steps(cfg: ExperimentConfig, train_cfg) -> int | None:
 
 def phases(cfg: ExperimentConfig, levels: int = 1) -> list[tuple[str, int | None]]:
     """``[(phase, steps)]`` of one run; phase ``pretrain`` is the shared, cacheable dense training."""
-    schedule = method_schedule(cfg.method)
+    schedule = method_schedule(cfg.method_settings)
     train = phase_steps(cfg, cfg.train)
     if schedule == "none":
         return [("pretrain", train)]
@@ -104,16 +104,16 @@ class _Models:
         return self.model(cfg)[1]
 
     def levels(self, cfg: ExperimentConfig) -> int:
-        from ..methods import METHODS, method_config
+        from ..methods import METHODS
 
         model = self.model(cfg)[0]
         if model is None:
             return 1
-        return len(METHODS.get(cfg.method["name"])(model, method_config(cfg.method)).plan())
+        return len(METHODS.get(cfg.method_settings.name)(model, cfg.method_settings).plan())
 
 
 def _levels(models: _Models, cfg: ExperimentConfig) -> int:
-    return models.levels(cfg) if method_schedule(cfg.method) == "iterative" else 1
+    return models.levels(cfg) if method_schedule(cfg.method_settings) == "iterative" else 1
 
 
 def estimate(configs: list[ExperimentConfig]) -> SweepCost:

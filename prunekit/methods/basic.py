@@ -39,8 +39,10 @@ class RandomConfig(MethodConfig):
 
     allocation: Allocation = Field("uniform", description=ALLOCATION_HELP)
     structure: Structure = Field("unstructured", description=STRUCTURE_HELP)
-    bernoulli: bool = False
-    seed: int | None = None  # None: the experiment seed / the global RNG
+    bernoulli: bool = Field(False, description="sample each weight with its layer's density (GraNet's "
+                            "Masking.init; the density only approximately met) instead of exact counts")
+    seed: int | None = Field(None, description="the random scores or draws; None: a seed from the global RNG "
+                             "(the experiment seed)")
 
     @model_validator(mode="after")
     def _bernoulli_unstructured(self) -> "RandomConfig":
@@ -86,7 +88,8 @@ class MagnitudeConfig(MethodConfig):
 
     allocation: Allocation = Field("global", description=ALLOCATION_HELP)
     structure: Structure = Field("unstructured", description=STRUCTURE_HELP)
-    when: Literal["init", "after"] = "after"
+    when: Literal["init", "after"] = Field("after", description="prune before training, or after dense "
+                                           "pretraining followed by fine-tuning (OMP)")
 
 
 @METHODS.register("magnitude", family="post-training", when="after")

@@ -57,18 +57,29 @@ from .registry import METHODS
 
 
 class BipConfig(ScoreConfig):
-    score_init: Literal["shared", "weights", "scaled"] = "shared"
-    implicit: Literal["code", "paper", "none"] = "code"
-    lr2: float = Field(1e-4, ge=0.0)  # configs/*/bip.yml (argparse default 0.1)
-    gamma: float = Field(1.0, gt=0.0)  # implicit="paper": coefficient 1/γ
-    mask_lr: float = Field(0.1, ge=0.0)
-    mask_momentum: float = Field(0.9, ge=0.0)
-    mask_weight_decay: float = Field(1e-4, ge=0.0)
-    mask_schedule: Literal["step", "step_mask", "cosine_bip", "cosine", "constant"] = "step"
-    accelerate: bool = False
-    legacy_zero_grad: bool = True
-    bn_passes: Literal[2, 4] = 2
-    finetune_epochs: int = Field(0, ge=0)
+    score_init: Literal["shared", "weights", "scaled"] = Field(
+        "shared", description="the scores are the weights (the reference's --scaled-score-init), an independent "
+        "copy of them (the paper), or HYDRA's scaled copy")
+    implicit: Literal["code", "paper", "none"] = Field(
+        "code", description="the m-step's implicit-gradient term: g - lr2 g^2 (the reference's code), the paper's "
+        "dl/dm - (1/gamma) grad_z l * grad_theta l, or none")
+    lr2: float = Field(1e-4, ge=0.0, description="coefficient of implicit='code' (configs/*/bip.yml; argparse "
+                       "default 0.1)")
+    gamma: float = Field(1.0, gt=0.0, description="implicit='paper': the term's coefficient is 1/gamma")
+    mask_lr: float = Field(0.1, ge=0.0, description="SGD learning rate of the scores (the m-step)")
+    mask_momentum: float = Field(0.9, ge=0.0, description="SGD momentum of the scores")
+    mask_weight_decay: float = Field(1e-4, ge=0.0, description="SGD weight decay of the scores")
+    mask_schedule: Literal["step", "step_mask", "cosine_bip", "cosine", "constant"] = Field(
+        "step", description="schedule of mask_lr over the bi-level epochs (step: x0.1 at 50 %, x0.01 at 75 %, "
+        "what the reference's train.py wires)")
+    accelerate: bool = Field(False, description="first-order alternation: the m-step without the implicit term, "
+                             "then the theta-step")
+    legacy_zero_grad: bool = Field(True, description="as torch<2.0 zero_grad: each optimizer also applies momentum "
+                                   "and weight decay to the other level's variables; False: frozen means frozen")
+    bn_passes: Literal[2, 4] = Field(2, description="BatchNorm statistics updates per iteration (4: the "
+                                     "reference's two extra forward passes)")
+    finetune_epochs: int = Field(0, ge=0, description="last epochs of the phase with the mask fixed (0: the "
+                                 "reference)")
 
 
 class _Stream:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from pydantic import Field
 from torch import nn
 
 from ..errors import MaskError
@@ -83,8 +84,10 @@ class KeepsLayersDense:
 
 
 class DataFreeConfig(MethodConfig):
-    seed: int | None = None  # the method's randomness; None: drawn from the global RNG when the pruner is built
-    input_shape: tuple[int, ...] | None = None  # None: one sample of ctx.batches
+    seed: int | None = Field(None, description="the method's randomness; None: drawn from the global RNG when "
+                             "the pruner is built")
+    input_shape: tuple[int, ...] | None = Field(None, description="shape of one input, e.g. [3, 32, 32]; None: "
+                                                "one sample of ctx.batches")
 
 
 class DataFreePruner(InitPruner):

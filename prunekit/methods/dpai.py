@@ -64,13 +64,16 @@ class DPaIConfig(MethodConfig):
     allocation: Allocation = Field("erk", description=ALLOCATION_HELP + " (the reference: erk)")
     optimize: bool = Field(True, description="False: no search, the random initial scores' mask (the "
                            "reference's 'random' ablation)")
-    seed: int | None = None  # score initialisation; None: drawn from the global RNG
-    input_shape: tuple[int, ...] | None = None  # None: one sample of ctx.batches
+    seed: int | None = Field(None, description="score initialisation; None: drawn from the global RNG")
+    input_shape: tuple[int, ...] | None = Field(None, description="shape of one input of the path count, e.g. "
+                                                "[3, 32, 32]; None: one sample of ctx.batches")
     attention: Literal["reference", "paths"] = Field(
         "reference", description="attention q/k/v projections kept dense, as the reference's in_proj_weight; "
         "'paths': only q/k dense, the values searched")
-    check_every: int = 100  # steps between host-side checks for "no effective node left"
-    cpu_threads: int | None = None  # None: one per million weights (batch-1 work is too small to share)
+    check_every: int = Field(100, description="search steps between host-side checks for 'no effective node "
+                             "left'")
+    cpu_threads: int | None = Field(None, description="CPU threads of the search; None: one per million weights "
+                                    "(batch-1 work is too small to share)")
 
     @model_validator(mode="after")
     def _ranges(self):

@@ -302,11 +302,15 @@ class DropGrowConfig(SparseTrainingConfig):
     allocations = ("erk", "uniform", "er", "custom")
 
     allocation: Allocation = Field("erk", description=ALLOCATION_HELP)
-    bernoulli: bool = False  # sample each weight (sparse_learning lineage) instead of exact counts
-    drop_fraction: float = 0.3  # f_0 (RigL paper: 0.3)
-    drop_schedule: Literal["cosine", "constant"] = "cosine"
-    start_step: int = 0
-    end_fraction: float = 0.75  # RigL: no mask update after 75% of training (maskupdate_end_step)
+    bernoulli: bool = Field(False, description="sample the start mask per weight (sparse_learning lineage) "
+                            "instead of exact per-layer counts")
+    drop_fraction: float = Field(0.3, description="f_0: fraction of each layer's active weights dropped and "
+                                 "regrown per update (RigL paper: 0.3)")
+    drop_schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="drop fraction over training: f_0 (1 + cos(pi t / T_end)) / 2, or f_0 throughout")
+    start_step: int = Field(0, description="no mask update before this optimizer step")
+    end_fraction: float = Field(0.75, description="no mask update after this fraction of training (RigL's "
+                                "maskupdate_end_step)")
 
     @field_validator("drop_fraction", "end_fraction")
     @classmethod
@@ -317,7 +321,8 @@ class DropGrowConfig(SparseTrainingConfig):
 
 
 class RigLConfig(DropGrowConfig):
-    skip_optimizer_step: bool = True
+    skip_optimizer_step: bool = Field(True, description="drop the gradients of an update step, so no weight step "
+                                      "is taken there (RigL's cond_mask_update_op)")
 
 
 class _FixedDensity(SparseTraining):

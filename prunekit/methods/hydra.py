@@ -221,13 +221,19 @@ class ScoreConfig(MethodConfig):
 
 class HydraConfig(ScoreConfig):
     allocation: Allocation = Field("uniform", description=ALLOCATION_HELP + " (HYDRA: uniform, per layer)")
-    score_init: Literal["scaled", "weights", "shared"] = "scaled"
-    score_epochs: int = Field(20, ge=0)  # HYDRA README: 20; BiP configs/*/hydra.yml: 100
-    score_lr: float = Field(0.1, ge=0.0)
-    score_momentum: float = Field(0.9, ge=0.0)
-    score_weight_decay: float = Field(1e-4, ge=0.0)
-    score_schedule: Literal["cosine_bip", "cosine", "step", "constant"] = "cosine_bip"
-    train_norm: bool = True
+    score_init: Literal["scaled", "weights", "shared"] = Field(
+        "scaled", description="scores start as sqrt(6 / fan_in) theta / max|theta| (HYDRA), a copy of the weights "
+        "(with score_epochs=0: the magnitude mask), or are the weights (BiP's hydra.yml)")
+    score_epochs: int = Field(20, ge=0, description="passes over the batches training the scores (HYDRA README: "
+                              "20; BiP configs/*/hydra.yml: 100)")
+    score_lr: float = Field(0.1, ge=0.0, description="SGD learning rate of the scores")
+    score_momentum: float = Field(0.9, ge=0.0, description="SGD momentum of the scores")
+    score_weight_decay: float = Field(1e-4, ge=0.0, description="SGD weight decay of the scores")
+    score_schedule: Literal["cosine_bip", "cosine", "step", "constant"] = Field(
+        "cosine_bip", description="learning-rate schedule of the scores over score_epochs (cosine_bip: the "
+        "references' cosine with its epoch - 1 offset)")
+    train_norm: bool = Field(True, description="also train the normalisation layers' affine parameters with the "
+                             "scores (the reference)")
 
 
 @METHODS.register("hydra", family="post-training", when="after")

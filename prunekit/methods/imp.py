@@ -34,9 +34,12 @@ from .registry import METHODS
 
 
 class ImpConfig(ScoreConfig):
-    prune_fraction: float = 0.2
-    rewind: Literal["weights", "lr"] = "weights"
-    rewind_step: int = Field(0, ge=0)
+    prune_fraction: float = Field(0.2, description="fraction of the surviving weights each level removes, "
+                                  "ceil(fraction x remaining)")
+    rewind: Literal["weights", "lr"] = Field(
+        "weights", description="rewind the surviving weights to step rewind_step of level 0, or keep them and "
+        "rewind only the learning rate (Renda et al.)")
+    rewind_step: int = Field(0, ge=0, description="the step every level restarts from (0: the initialization)")
 
     @field_validator("prune_fraction")
     @classmethod

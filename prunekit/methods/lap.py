@@ -72,16 +72,25 @@ def _check_rates(values: list[float]) -> None:
 class LayerRatesConfig(MethodConfig):
     """Layer-wise budgets: LAP ``rates`` x ``round``, or ``sparsity`` x ``allocation``."""
 
-    targets: str | dict[str, Any] = "lap"
-    rates: str | float | list[float] | dict[str, float] | None = None
-    round: int | None = Field(None, ge=1)
+    targets: str | dict[str, Any] = Field("lap", description="which parameters are pruned (default 'lap': "
+                                          "conv/linear weights, projection shortcuts kept dense)")
+    rates: str | float | list[float] | dict[str, float] | None = Field(
+        None, description="per-round pruning rate of each layer: a table of the reference (fcn, conv6, vgg16 ...), "
+        "one rate, a list in module order, or a mapping of parameter names or globs")
+    round: int | None = Field(None, ge=1, description="pruning round t of the rates (one-shot: ratio 1 - (1 - "
+                              "r)^t); None: the round whose sparsity is `sparsity`")
     allocations = ("rates", "uniform", "erk", "er", "custom")
 
     allocation: Allocation | None = Field(None, description=ALLOCATION_HELP + "; rates: LAP's per-layer rates "
                                           "table; None: rates if given, else uniform")
-    pruning: Literal["oneshot", "iterative"] = "oneshot"
-    retrain_steps: int | None = Field(None, ge=1)  # iterative: steps of fine-tuning between rounds
-    counting: Literal["reference", "canonical"] | None = None  # None: reference with rates, else canonical
+    pruning: Literal["oneshot", "iterative"] = Field(
+        "oneshot", description="one pruning event at the round's ratio, or `round` events of r of the survivors "
+        "(--pruning_type)")
+    retrain_steps: int | None = Field(None, ge=1, description="iterative: fine-tuning steps between rounds, all "
+                                      "rounds inside the fine-tuning phase; None: one round per prune() call")
+    counting: Literal["reference", "canonical"] | None = Field(
+        None, description="reference: keep round((1 - r) x surviving) per layer; canonical: remove int(r x "
+        "surviving), prunekit's; None: reference with rates, else canonical")
 
     @model_validator(mode="after")
     def _consistent(self) -> "LayerRatesConfig":
@@ -243,7 +252,8 @@ class MP(_LayerwisePruner):
 
 
 class RPConfig(LayerRatesConfig):
-    seed: int | None = None  # None: the global RNG
+    seed: int | None = Field(None, description="the |N(0, 1)| scores; None: drawn from the global RNG when the "
+                             "pruner is built")
 
 
 @METHODS.register("rp", family="post-training", when="after")
@@ -264,11 +274,23 @@ class RP(_LayerwisePruner):
 
 
 class LAPConfig(LayerRatesConfig):
-    mode: Literal["base", "forward", "backward"] = "base"
-    bn: bool = False
-    activation: bool = False
-    lookahead: Literal["chain", "residual"] = "chain"
-    activation_samples: int | None = Field(None, ge=1)  # None: one pass over the batches
+    mode: Literal["base", "forward", "backward"] = Field(
+        "base", description="every layer scored from the same weights, or layers pruned first to last (LFP) / "
+        "last to first (LBP) looking at the already pruned neighbours")
+    bn: bool = Field(False, description="BatchNorm factors gamma / sqrt(running_var + 1e-10) on the neighbour "
+                     "norms (LAP-BN, paper Eq. 8)")
+    activation: bool = Field(False, description="weights scaled per unit by sqrt(activation rate) before scoring "
+                             "(LAP-act; needs training batches)")
+    lookahead: Literal["chain", "residual"] = Field(
+        "chain", description="neighbours: the previous/next prunable layer in module order (the reference), or "
+        "from the traced dataflow graph (residual blocks, shortcuts)")
+    activation_samples: int | None = Field(None, ge=1, description="samples measuring the activation rates; "
+                                           "None: one pass over the batches")
+
+
+def _help(setting: str) -> str | None:
+    """LAP's description of ``setting``, for the variants and the global LAP that take it too."""
+    return LAPConfig.model_fields[setting].description
 
 
 def module_names(pruner: Pruner) -> list[str]:
@@ -341,7 +363,7 @@ class LAP(_LayerwisePruner):
 
 def _variant(name: str, doc: str, **defaults: Any) -> type[LAP]:
     """Register ``name`` as LAP with other defaults (a Config subclass, so the settings stay editable)."""
-    fields = {k: (LAPConfig.model_fields[k].annotation, v) for k, v in defaults.items()}
+    fields = {k: (LAPConfig.model_fields[k].annotation, Field(v, description=_help(k))) for k, v in defaults.items()}
     config = create_model(f"{name}_config", __base__=LAPConfig, **fields)
     cls = type(name.title().replace("_", ""), (LAP,), {"Config": config, "name": name, "__doc__": doc})
     return METHODS.register(name, family="post-training", when="after")(cls)
@@ -356,9 +378,12 @@ LAPBackward = _variant("lap_backward", "LAP pruning last to first, looking ahead
 
 
 class OBDConfig(LayerRatesConfig):
-    hessian: Literal["exact", "mc"] = "exact"
-    hessian_samples: int | None = Field(None, ge=1)  # None: one pass over the batches
-    seed: int | None = None  # for hessian="mc"
+    hessian: Literal["exact", "mc"] = Field(
+        "exact", description="Hessian diagonal from every class column, or one sampled column y ~ p (unbiased, "
+        "C x cheaper)")
+    hessian_samples: int | None = Field(None, ge=1, description="samples of the Hessian diagonal; None: one pass "
+                                        "over the batches")
+    seed: int | None = Field(None, description="the samples of hessian='mc'; None: the global RNG")
 
 
 @METHODS.register("obd", family="post-training", when="after")
@@ -384,11 +409,16 @@ class OBD(_LayerwisePruner):
 class GlobalConfig(MethodConfig):
     """One threshold over all layers: ``sparsity``, or ``levels`` (table or list) with ``level``."""
 
-    targets: str | dict[str, Any] = "lap"
-    levels: str | list[float] | None = None
-    level: int | None = Field(None, ge=1)
-    normalize: bool = True  # reference *_global_normalize: each layer's scores / their Frobenius norm
-    counting: Literal["reference", "canonical"] | None = None  # None: reference with levels, else canonical
+    targets: str | dict[str, Any] = Field("lap", description="which parameters are pruned (default 'lap': "
+                                          "conv/linear weights, projection shortcuts kept dense)")
+    levels: str | list[float] | None = Field(None, description="global sparsity per level: a table of the "
+                                             "reference (fcn, conv6) or a list; with `level`")
+    level: int | None = Field(None, ge=1, description="the level (1-based) of `levels` to prune to")
+    normalize: bool = Field(True, description="divide each layer's scores by their Frobenius norm (the "
+                            "reference's *_global_normalize)")
+    counting: Literal["reference", "canonical"] | None = Field(
+        None, description="reference: keep round((1 - s) x N); canonical: num_keep(N, s), prunekit's; None: "
+        "reference with levels, else canonical")
 
     @model_validator(mode="after")
     def _consistent(self) -> "GlobalConfig":
@@ -453,10 +483,10 @@ class MPGlobal(_GlobalPruner):
 
 
 class LAPGlobalConfig(GlobalConfig):
-    bn: bool = False
-    activation: bool = False
-    lookahead: Literal["chain", "residual"] = "chain"
-    activation_samples: int | None = Field(None, ge=1)
+    bn: bool = Field(False, description=_help("bn"))
+    activation: bool = Field(False, description=_help("activation"))
+    lookahead: Literal["chain", "residual"] = Field("chain", description=_help("lookahead"))
+    activation_samples: int | None = Field(None, ge=1, description=_help("activation_samples"))
 
 
 @METHODS.register("lap_global", family="post-training", when="after")

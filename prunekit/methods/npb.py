@@ -49,28 +49,36 @@ class NPBConfig(DataFreeConfig):
     """Defaults are the reference's ResNet-20 / CIFAR-10 command (``scripts/run.sh``): alpha 0.01, beta 1,
     max_p 9, ERK, chunk_size 32 (its argparse defaults: alpha 0.99, beta 0.001, max_p 5)."""
 
-    alpha: float = 0.01
-    beta: float = 1.0
-    max_p: int = 9
-    min_nodes: int = 1  # --min_n (min_param_to_node)
-    node_constraint: bool = False  # --is_node_constraint
+    alpha: float = Field(0.01, description="weight of the node term against the path term in alpha A + "
+                         "(1 - alpha) B + beta R (--alpha)")
+    beta: float = Field(1.0, description="weight of the kernel term R of convolutions (--beta)")
+    max_p: int = Field(9, description="most weights per kernel of the convolutions other than the first and the "
+                       "shortcuts, raised when the budget needs it (--max_p)")
+    min_nodes: int = Field(1, description="weights a node needs to count as kept, min_param_to_node (--min_n)")
+    node_constraint: bool = Field(False, description="bound each node's weights as the reference's "
+                                  "--is_node_constraint (solver='milp')")
     allocations = ("erk", "uniform", "er", "custom")
 
     allocation: Allocation = Field("erk", description=ALLOCATION_HELP + " (--init_mode; the reference: erk)")
-    chunk_size: int = 32
-    chunk_above: int = 128 * 128  # the reference also chunks above 64 * 32 for its CIFAR ResNets
-    linear_chunk_size: int = 10
-    linear_chunk_above: int = 512 * 10
-    shortcut_beta: float = 0.001
-    max_p_step: int = 2
-    max_p_floor: int = 5
-    kernel_positions: Literal["random", "magnitude"] = "random"
-    fine_tune: bool = True
-    solver: Literal["greedy", "milp"] = "greedy"
-    # equal-valued input units (every pixel of an MLP's input layer): a seeded random order per chunk, or the
-    # lowest index first; on MNIST "index" feeds the first layer only the top image rows, which are blank
-    tie_break: Literal["random", "index"] = "random"
-    milp_time_limit: float | None = None  # seconds per solve (solver="milp")
+    chunk_size: int = Field(32, description="output channels per solve of a convolution above chunk_above")
+    chunk_above: int = Field(128 * 128, description="C_out x C_in above which a convolution is solved in chunks "
+                             "(the reference also chunks above 64 x 32 for its CIFAR ResNets)")
+    linear_chunk_size: int = Field(10, description="rows per solve of a Linear layer above linear_chunk_above")
+    linear_chunk_above: int = Field(512 * 10, description="out x in above which a Linear layer is solved in chunks")
+    shortcut_beta: float = Field(0.001, description="beta of projection shortcuts (the reference's function "
+                                 "default)")
+    max_p_step: int = Field(2, description="how much max_p drops after each projection shortcut")
+    max_p_floor: int = Field(5, description="max_p drops after a shortcut only while above this")
+    kernel_positions: Literal["random", "magnitude"] = Field(
+        "random", description="which positions of a kernel are kept: at random (the reference) or the largest |w|")
+    fine_tune: bool = Field(True, description="move each conv layer's weights on no input->output path to "
+                            "positions that are")
+    solver: Literal["greedy", "milp"] = Field(
+        "greedy", description="the closed-form optimum (min_nodes <= 1, no node constraint) or SciPy's HiGHS MILP")
+    tie_break: Literal["random", "index"] = Field(
+        "random", description="order of equal-valued input units (every pixel of an MLP's input layer): seeded "
+        "random per chunk, or lowest index first (on MNIST that feeds the first layer only the blank top rows)")
+    milp_time_limit: float | None = Field(None, description="seconds per solve (solver='milp'); None: no limit")
 
     @model_validator(mode="after")
     def _ranges(self):

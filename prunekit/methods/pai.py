@@ -44,13 +44,17 @@ class PaIConfig(MethodConfig):
 
     allocation: Allocation = Field("global", description=ALLOCATION_HELP)
     structure: Structure = Field("unstructured", description=STRUCTURE_HELP)
-    rounds: int = 1
-    rounds_schedule: Literal["exponential", "linear"] = "exponential"
-    train_mode: bool = False
-    invert: bool = False
-    shuffle: bool = False
-    reinitialize: bool = False
-    seed: int | None = None  # for shuffle / reinitialize; None: the global RNG
+    rounds: int = Field(1, description="score-and-prune rounds on the masked network, the last at the target")
+    rounds_schedule: Literal["exponential", "linear"] = Field(
+        "exponential", description="sparsity after round r: 1 - density ** (r / rounds), or target * r / rounds")
+    train_mode: bool = Field(False, description="score in train mode (BatchNorm batch statistics; Synaptic-Flow "
+                             "--train-mode) instead of eval mode")
+    invert: bool = Field(False, description="keep the lowest scores instead (Frankle et al. 2021 control)")
+    shuffle: bool = Field(False, description="after pruning, permute each layer's mask at random (per-layer "
+                          "counts kept; a sanity-check control)")
+    reinitialize: bool = Field(False, description="after pruning, draw new weights and keep the masks (a "
+                               "sanity-check control)")
+    seed: int | None = Field(None, description="for shuffle / reinitialize; None: drawn from the global RNG")
 
     @model_validator(mode="after")
     def _positive_rounds(self):
@@ -123,9 +127,10 @@ class ScorePaI(InitPruner):
 
 
 class DataPaIConfig(PaIConfig):
-    #: samples scored; None: ``samples_per_class x`` the model's output width (Synaptic-Flow: 10 x classes)
-    num_samples: int | None = None
-    samples_per_class: int = 10
+    num_samples: int | None = Field(None, description="samples scored; None: samples_per_class x the model's "
+                                    "output width (Synaptic-Flow: 10 x classes)")
+    samples_per_class: int = Field(10, description="samples per output class when num_samples is None "
+                                   "(--prune-dataset-ratio)")
 
 
 def _scoring_samples(model, ctx: PruneContext, cfg: DataPaIConfig, what: str):
@@ -161,13 +166,14 @@ class SNIP(ScorePaI):
 
 
 class GraSPConfig(DataPaIConfig):
-    temperature: float = 200.0
-    eps: float = 1e-10
-    #: the reference's two passes over the data instead of one pass holding every batch's graph
-    two_pass: bool = False
-    #: "fused": convolutions with plain-kernel double backward and eval BatchNorm folded (same product up
-    #: to float rounding, ~25 % cheaper); "autograd": PyTorch's double backward, the reference's arithmetic
-    second_order: Literal["fused", "autograd"] = "fused"
+    temperature: float = Field(200.0, description="the logits are divided by it in the loss whose "
+                               "Hessian-gradient product is taken (the reference: 200)")
+    eps: float = Field(1e-10, description="added to |sum of the scores| that normalises them")
+    two_pass: bool = Field(False, description="the reference's two passes over the data instead of one pass "
+                           "holding every batch's graph")
+    second_order: Literal["fused", "autograd"] = Field(
+        "fused", description="fused: convolutions with plain-kernel double backward and eval BatchNorm folded "
+        "(same product up to float rounding, ~25 % cheaper); autograd: PyTorch's, the reference's arithmetic")
 
 
 @METHODS.register("grasp", family="pai", when="init")
@@ -188,10 +194,13 @@ class GraSP(SNIP):
 
 
 class SynFlowConfig(PaIConfig):
-    rounds: int = 100
-    input_shape: tuple[int, ...] | None = None  # None: one sample of ctx.batches
-    dtype: Literal["float32", "float64"] = "float32"
-    cpu_threads: int | None = None  # None: one per million weights (batch-1 rounds are too small to share)
+    rounds: int = Field(100, description="score-and-prune rounds (Synaptic-Flow: 100)")
+    input_shape: tuple[int, ...] | None = Field(None, description="shape of the all-ones input, e.g. [3, 32, 32]; "
+                                                "None: one sample of ctx.batches")
+    dtype: Literal["float32", "float64"] = Field("float32", description="float type of the scoring copy of the "
+                                                 "model (the reference: float32)")
+    cpu_threads: int | None = Field(None, description="CPU threads of the scoring; None: one per million weights "
+                                    "(batch-1 rounds are too small to share)")
 
 
 @METHODS.register("synflow", family="pai", when="init")
@@ -237,9 +246,11 @@ class SynFlow(ScorePaI):
 
 
 class IterSNIPConfig(PaIConfig):
-    rounds: int = 60  # naver/force README, CIFAR: --num_steps 60
-    batches_per_round: int = 1  # --num_batches 1 (CIFAR-10)
-    train_mode: bool = True  # FORCE scores the network in its default (train) mode
+    rounds: int = Field(60, description="SNIP rounds (naver/force README, CIFAR: --num_steps 60)")
+    batches_per_round: int = Field(1, description="batches each round scores, the next ones of the stream "
+                                   "(--num_batches 1, CIFAR-10)")
+    train_mode: bool = Field(True, description="score in train mode (FORCE scores the network in its default "
+                             "train mode)")
 
 
 @METHODS.register("iter_snip", family="pai", when="init")
@@ -269,11 +280,12 @@ class IterSNIP(ScorePaI):
 
 
 class ProsPrConfig(PaIConfig):
-    inner_steps: int = 3  # --inner-steps
-    inner_lr: float = 0.1  # --inner-lr
-    inner_momentum: float = 0.0  # --inner-momentum
-    num_samples: int = 128  # --meta-batch-size: one batch, used for every inner step
-    train_mode: bool = True  # the reference prunes a copy in train mode
+    inner_steps: int = Field(3, description="differentiable SGD steps before the meta-gradient (--inner-steps)")
+    inner_lr: float = Field(0.1, description="learning rate of those steps (--inner-lr)")
+    inner_momentum: float = Field(0.0, description="momentum of those steps (--inner-momentum)")
+    num_samples: int = Field(128, description="samples of the one batch used for every inner step "
+                             "(--meta-batch-size)")
+    train_mode: bool = Field(True, description="score in train mode (the reference prunes a copy in train mode)")
 
 
 @METHODS.register("prospr", family="pai", when="init")

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from ..errors import MaskError
 from ..scoring.data import input_shape_from
@@ -30,11 +31,11 @@ from .registry import METHODS
 
 
 class PHEWConfig(DataFreeConfig):
-    """``jump``: where a forward walk chooses between a projection shortcut and its block's main branch
-    (``reference``: one layer early, as ``phew_masks``; ``block_input``: at the block input). ``seed``
-    drives the walks."""
+    """``seed`` drives the walks."""
 
-    jump: Literal["reference", "block_input"] = "reference"
+    jump: Literal["reference", "block_input"] = Field(
+        "reference", description="where a forward walk chooses between a projection shortcut and its block's "
+        "main branch: one layer early (the reference's phew_masks) or at the block input")
 
 
 @METHODS.register("phew", family="pai", when="init")

@@ -1,9 +1,10 @@
 """The method registry and ``create``: one file per method family registers its classes here."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import GetCoreSchemaHandler, GetPydanticSchema, ValidationError
+from pydantic_core import core_schema
 from torch import nn
 
 from ..modelio import LossFn, ModelIO, OutputFn
@@ -28,13 +29,34 @@ def method_config(settings: dict[str, Any]) -> MethodConfig:
         raise config_error_from(e, cls.Config, prefix="method") from None
 
 
+def method_section(settings: MethodConfig) -> dict[str, Any]:
+    """The method section as written: ``name`` and the settings that differ from their defaults (what a
+    run's hash and labels are made of)."""
+    return settings.model_dump(exclude_defaults=True) | {"name": settings.name}
+
+
+def _section_schema(_type: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+    return core_schema.no_info_after_validator_function(
+        method_config, handler.generate_schema(dict[str, Any]),
+        serialization=core_schema.plain_serializer_function_ser_schema(method_section))
+
+
+#: A config field holding a method section: a mapping validated once by :func:`method_config` into the
+#: named method's own ``Config`` (a union over the registry tagged by ``name``, dispatched by lookup rather
+#: than a static union because plugins register methods after import) and serialized back as
+#: :func:`method_section`.
+MethodSettings = Annotated[MethodConfig, GetPydanticSchema(_section_schema)]
+
+
 def create(name: str, model: nn.Module, *, loss_fn: LossFn | None = None, output_fn: OutputFn | None = None,
            **settings: Any) -> Pruner:
     """Build a pruner for ``model``: ``prunekit.create("magnitude", model, sparsity=0.9)``.
 
-    ``settings`` are the method's (``prunekit list methods NAME``); an unknown one is refused with a
-    suggestion. ``loss_fn(logits, target)`` and ``output_fn(model_output) -> logits`` replace the
-    defaults of :mod:`prunekit.modelio` wherever the method computes a loss or reads the output.
+    ``settings`` are the method's own, validated into ``METHODS.get(name).Config``: every one with its
+    type, default and help is printed by ``prunekit list methods NAME`` and listed in ``docs/methods.md``;
+    an unknown one is refused with a suggestion. ``loss_fn(logits, target)`` and
+    ``output_fn(model_output) -> logits`` replace the defaults of :mod:`prunekit.modelio` wherever the
+    method computes a loss or reads the output.
     """
     cfg = method_config({"name": name, **settings})
     pruner = METHODS.get(name)(model, cfg)
@@ -43,15 +65,13 @@ def create(name: str, model: nn.Module, *, loss_fn: LossFn | None = None, output
 
 
 def method_settings(name: str) -> list[tuple[str, str, str, str]]:
-    """``(setting, type, default, help)`` of every setting of method ``name``: the help is the setting's
-    ``Field(description=...)``, else the comment beside its declaration in the method's source."""
+    """``(setting, type, default, help)`` of every setting of method ``name``; the help is the setting's
+    ``Field(description=...)``."""
     cls = METHODS.get(name).Config
-    comments = _source_comments(cls)
     rows = []
     for field, info in cls.model_fields.items():
-        kind = _kinds(cls, field, info) or _type_name(info.annotation)
         default = "(required)" if info.is_required() else repr(info.default)
-        rows.append((field, kind, default, info.description or comments.get(field, "")))
+        rows.append((field, _kinds(cls, field, info) or _type_name(info.annotation), default, info.description or ""))
     return rows
 
 
@@ -66,28 +86,18 @@ def _kinds(cls: type[MethodConfig], field: str, info: Any) -> str:
 
 
 def _type_name(annotation: Any) -> str:
-    """``float``, ``int | None``, or the allowed values of a Literal (``'global' | 'uniform' | 'erk'``)."""
+    """``float``, ``int | None``, ``tuple[int, ...]``, or the allowed values of a Literal
+    (``'global' | 'uniform' | None``)."""
+    import types
     import typing
 
-    if typing.get_origin(annotation) is typing.Literal:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
         return " | ".join(repr(v) for v in typing.get_args(annotation))
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-
-
-def _source_comments(cls: type) -> dict[str, str]:
-    """``{setting: comment}`` from the ``name: type = default  # comment`` lines of ``cls`` and its bases
-    (the nearest class wins)."""
-    import inspect
-    import re
-
-    out: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not (isinstance(klass, type) and issubclass(klass, MethodConfig)):
-            continue
-        try:
-            source = inspect.getsource(klass)
-        except (OSError, TypeError):
-            continue
-        for m in re.finditer(r"^\s+(\w+):[^\n=]*=[^\n#]*#\s*(.+)$", source, flags=re.M):
-            out[m.group(1)] = m.group(2).strip()
-    return out
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "None"
+    if origin is None and isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")

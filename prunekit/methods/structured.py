@@ -39,17 +39,22 @@ OWN_SCORERS = ("taylor",)
 
 
 class StructuredConfig(MethodConfig):
-    scorer: str = "magnitude"  # "taylor" or a prunekit.scoring.SCORERS name
-    reduce: Literal["l1", "l2"] = "l1"
+    scorer: str = Field("magnitude", description="per-weight score aggregated per channel: 'taylor' (|w dL/dw|) "
+                        "or a prunekit.scoring.SCORERS name")
+    reduce: Literal["l1", "l2"] = Field("l1", description="how a channel's scores are summed: L1, or L2 norm")
     allocations = ("uniform", "global")
 
     allocation: Allocation = Field("uniform", description="how the sparsity is spread over the channel groups: "
                                    "the same fraction of each (uniform) or one threshold over the groups' "
                                    "mean-normalised scores (global)")
-    round_to: int = 1
-    prune_coupled: bool = True  # also groups written by several layers (residual streams)
-    when: Literal["init", "after"] = "after"
-    input_shape: tuple[int, ...] | None = None  # one sample; None: taken from ctx.batches
+    round_to: int = Field(1, description="every pruned width is a multiple of this (8 suits SIMD and tensor "
+                          "cores)")
+    prune_coupled: bool = Field(True, description="also prune groups written by several layers (residual "
+                                "streams)")
+    when: Literal["init", "after"] = Field("after", description="prune before training, or after dense "
+                                           "pretraining followed by fine-tuning")
+    input_shape: tuple[int, ...] | None = Field(None, description="shape of one input for tracing the channel "
+                                                "groups; None: taken from ctx.batches")
 
     @field_validator("scorer")
     @classmethod

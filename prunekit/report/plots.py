@@ -299,7 +299,7 @@ def _phase_files(run_dir: Path) -> list[Path]:
         try:
             cfg = build_config(yaml.safe_load(config.read_text()))
             pre = run_dir.parents[1] / "_pretrained" / pretrain_hash(cfg) / "metrics-pretrain.jsonl"
-            if pre.is_file() and method_schedule(cfg.method) in ("none", "after"):
+            if pre.is_file() and method_schedule(cfg.method_settings) in ("none", "after"):
                 files.append(pre)
         except (PrunekitError, yaml.YAMLError, OSError, IndexError):
             pass

@@ -2,24 +2,30 @@
 from __future__ import annotations
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from ..errors import ConfigError
 from ..registry import suggest
 
 
+def _keys(model: type[BaseModel]) -> dict[str, FieldInfo]:
+    """``{key a user writes: field}``: a field's alias where it has one."""
+    return {info.alias or name: info for name, info in model.model_fields.items()}
+
+
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names allowed at ``loc`` (walking nested pydantic models)."""
+    """Keys allowed at ``loc`` (walking nested pydantic models)."""
     current: type[BaseModel] | None = model
     for part in loc[:-1]:
-        if current is None or not isinstance(part, str) or part not in current.model_fields:
+        if current is None or not isinstance(part, str) or part not in _keys(current):
             return []
-        ann = current.model_fields[part].annotation
+        ann = _keys(current)[part].annotation
         current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
         if current is None:
             for arg in getattr(ann, "__args__", ()):
                 if isinstance(arg, type) and issubclass(arg, BaseModel):
                     current = arg
-    return list(current.model_fields) if current is not None else []
+    return list(_keys(current)) if current is not None else []
 
 
 def config_error_from(err: ValidationError, model: type[BaseModel], prefix: str = "") -> ConfigError:
