@@ -277,3 +277,9 @@ def pretrain_identity(cfg: ExperimentConfig) -> dict[str, Any]:
 def pretrain_hash(cfg: ExperimentConfig) -> str:
     blob = json.dumps(pretrain_identity(cfg), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def chain_hash(cfg: ExperimentConfig) -> str:
+    """What IMP's level chain depends on: the pretraining's settings and the method's but the final sparsity."""
+    chain_id = {**pretrain_identity(cfg), "method": {m: v for m, v in cfg.method.items() if m != "sparsity"}}
+    return hashlib.sha256(json.dumps(chain_id, sort_keys=True, default=str).encode()).hexdigest()[:10]
