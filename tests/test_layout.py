@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 import prunekit
@@ -171,6 +172,13 @@ def test_a_new_field_of_the_definition_reaches_the_store_the_table_and_the_csv()
     assert [c.name for c in table_columns(WithEnergy)][-1] == "energy_j"
     assert [c.name for c in csv_columns(WithEnergy)][-1] == "energy_j"
     assert list(store_columns(WithEnergy))[:-1] == [*store_columns(ResultRow)][:-1] + ["energy_j"]
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class WithHost(ResultRow):
+        host: str = column(csv="host")
+
+    with pytest.raises(TypeError, match="WithHost.host: a CSV column is a mean over seeds"):
+        csv_columns(WithHost)
 
 
 def test_the_cli_table_formats_each_column_as_the_definition_says():

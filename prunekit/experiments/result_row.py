@@ -89,6 +89,8 @@ def columns(row: type = ResultRow) -> tuple[Column, ...]:
         if isinstance(kind, types.UnionType):  # X | None
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         out.append(Column(f.name, typing.get_origin(kind) or kind, **f.metadata))
+        if out[-1].csv is not None and not out[-1].numeric:
+            raise TypeError(f"{row.__name__}.{f.name}: a CSV column is a mean over seeds, so it must be a number")
     return tuple(out)
 
 
