@@ -32,30 +32,32 @@ def method_label(row: dict) -> str:
 
 def results_table(rows: list[dict], title: str = "results", context: bool | Sequence[str] = True,
                   labels: dict[str, str] | None = None):
-    """A rich table of result rows; ``context``: the recipe/model/dataset columns to show (``True``: all,
-    ``False``: none, given in the title); ``labels``: ``{run_id: label}`` instead of :func:`method_label`.
-    Numbers never wrap; text folds onto a second line rather than being cut."""
+    """A rich table of result rows, one column per labelled column of the row definition
+    (:func:`prunekit.experiments.result_row.table_columns`); ``context``: the recipe/model/dataset columns to show
+    (``True``: all, ``False``: none, given in the title); ``labels``: ``{run_id: label}`` instead of
+    :func:`method_label`. Numbers never wrap; text folds onto a second line rather than being cut."""
     from rich.table import Table
 
-    table = Table(title=title)
-    shown = ["recipe", "model", "dataset"] if context is True else list(context or [])
-    columns = shown + ["method", "seed", "sparsity", "final %", "best %", "time s", "status"]
-    def fmt(v, f):
-        return "—" if v is None else format(v, f)
+    from .experiments.result_row import table_columns
 
-    body = []
-    for r in rows:
-        label = (labels or {}).get(r["run_id"]) or method_label(r)
-        body.append([str(r[c]) for c in shown] + [
-            label, str(r["seed"]), fmt(r["achieved_sparsity"], ".4f"), fmt(r["final_acc"], ".2f"),
-            fmt(r["best_acc"], ".2f"), fmt(r["wall_time"], ".1f"), str(r.get("status", ""))])
-    for i, col in enumerate(columns):
-        numeric = col in ("seed", "sparsity", "final %", "best %", "time s")
-        whole = numeric or col == "status"
-        widest = max([len(col), *(len(cells[i]) for cells in body)])
+    table = Table(title=title)
+    defined = table_columns()
+    shown = [c.name for c in defined if c.context] if context is True else list(context or [])
+    columns = [c for name in shown for c in defined if c.name == name] + [c for c in defined if not c.context]
+
+    def cell(r: dict, c) -> str:
+        if c.name == "method":
+            return (labels or {}).get(r["run_id"]) or method_label(r)
+        value = r.get(c.name, "")
+        return ("—" if value is None else format(value, c.fmt)) if c.fmt else str(value)
+
+    body = [[cell(r, c) for c in columns] for r in rows]
+    for i, c in enumerate(columns):
+        whole = c.numeric or not (c.context or c.name == "method")
+        widest = max([len(c.label), *(len(cells[i]) for cells in body)])
         # numbers and status are never cut; a label keeps its line while there is room (28 characters), else folds
-        table.add_column(col, justify="right" if numeric else "left", no_wrap=whole, overflow="fold",
-                         min_width=widest if whole else min(28, widest) if col == "method" else None)
+        table.add_column(c.label, justify="right" if c.numeric else "left", no_wrap=whole, overflow="fold",
+                         min_width=widest if whole else min(28, widest) if c.name == "method" else None)
     for cells in body:
         table.add_row(*cells)
     return table

@@ -9,7 +9,7 @@ from prunekit.cli import main
 from prunekit.errors import ConfigError
 from prunekit.experiments import build_config
 from prunekit.experiments.config import run_hash
-from prunekit.experiments.runner import _chain_dir
+from prunekit.experiments.config import chain_hash
 from prunekit.experiments.sweep import load_sweep
 from prunekit.methods import METHODS, MethodConfig, Pruner, method_section
 from prunekit.methods.registry import method_settings
@@ -103,7 +103,7 @@ def test_the_imp_chain_and_level_hashes_are_pinned():
     """Cached IMP levels are found by these names: they must not move (as tests/test_run_hash.py)."""
     cfg = build_config({"name": "h", "model": {"name": "resnet20s"}, "data": {"name": "cifar10", "root": "data"},
                         "method": {"name": "imp", "sparsity": 0.8, "rewind_step": 2000}})
-    assert _chain_dir(cfg).name == "16037a5e38"
+    assert chain_hash(cfg) == "16037a5e38"
     assert settings_hash([(1000, 800), (640,)]) == "e65121dd80"  # a level tag: the kept-count history
 
 

@@ -38,11 +38,13 @@ def load_model(args, need_weights: bool = False) -> Loaded:
     from ..models import create, info
     from ..train.checkpoint import load_module_state, load_weights
 
-    run = Path(args.model)
-    if (run / "config.yaml").is_file():
+    from ..experiments.layout import RunPaths
+
+    run = RunPaths.at(args.model)
+    if run.config.is_file():
         name, model, shape, pruned = _model_of_run(run)
-        args.weights = args.weights or _existing(run / "model.safetensors", need_weights, "--weights FILE")
-        args.masks = args.masks or _existing(run / "masks.safetensors", pruned, "--masks FILE")
+        args.weights = args.weights or _existing(run.model, need_weights, "--weights FILE")
+        args.masks = args.masks or _existing(run.masks, pruned, "--masks FILE")
     else:
         name = args.model
         model = create(name, num_classes=args.num_classes)
@@ -88,7 +90,7 @@ def _existing(path: Path, required: bool = False, flag: str = "") -> str | None:
     return None
 
 
-def _model_of_run(run: Path) -> tuple[str, nn.Module, tuple[int, ...], bool]:
+def _model_of_run(run) -> tuple[str, nn.Module, tuple[int, ...], bool]:
     """The model a run trained (name, a fresh instance with the run's options, one sample's shape, whether
     the method prunes), from its resolved ``config.yaml``; the dataset's geometry comes from its spec (no data
     is read)."""
@@ -98,11 +100,11 @@ def _model_of_run(run: Path) -> tuple[str, nn.Module, tuple[int, ...], bool]:
     from ..experiments.config import build_config, create_model, model_kwargs
 
     try:
-        raw = yaml.safe_load((run / "config.yaml").read_text())
+        raw = yaml.safe_load(run.config.read_text())
     except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{run / 'config.yaml'}: not a readable run configuration ({type(e).__name__})") from None
+        raise ConfigError(f"{run.config}: not a readable run configuration ({type(e).__name__})") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{run / 'config.yaml'}: not a run configuration (a mapping is expected)")
+        raise ConfigError(f"{run.config}: not a run configuration (a mapping is expected)")
     cfg = build_config(raw)
     spec = get_spec(cfg.data.name)
     model = create_model(cfg.model.name, model_kwargs(cfg, spec), spec.num_classes)

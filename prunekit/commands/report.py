@@ -46,12 +46,14 @@ def _select(rows, args):
 
 def _check_run_files(run_dir) -> None:
     """The files the plots read, validated (a damaged one is an error naming it, not a silently empty plot)."""
+    from ..experiments.layout import RunPaths
     from ..experiments.rundir import read_json, read_jsonl
 
     fix = "rerun the run with --force to rewrite it"
-    if (run_dir / "masks.json").exists():
-        read_json(run_dir / "masks.json", fix=fix)
-    for path in sorted(run_dir.glob("metrics-*.jsonl")):
+    paths = RunPaths.at(run_dir)
+    if paths.mask_report.exists():
+        read_json(paths.mask_report, fix=fix)
+    for path in sorted(paths.metrics_files()):
         read_jsonl(path, fix=fix)
 
 
@@ -59,13 +61,16 @@ def _report_run(args) -> int:
     from pathlib import Path
 
     from ..errors import ConfigError
+    from ..experiments.layout import RunPaths
     from ..experiments.paths import check_output_dir
     from ..report import plots
 
     run_dir = Path(args.run)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"--run {run_dir}: not a run directory (no config.yaml); allowed: runs/<recipe>/<method>-<hash>")
-    out = check_output_dir(Path(args.out) if args.out else run_dir / "report", "--out")
+    paths = RunPaths.at(run_dir)
+    if not paths.config.is_file():
+        raise ConfigError(f"--run {run_dir}: not a run directory (no {paths.config.name}); allowed: "
+                          f"runs/<recipe>/<method>-<hash>")
+    out = check_output_dir(Path(args.out) if args.out else paths.report, "--out")
     _check_run_files(run_dir)
     written = []
     with plots.style(args.style):

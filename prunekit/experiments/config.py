@@ -279,3 +279,9 @@ def pretrain_identity(cfg: ExperimentConfig) -> dict[str, Any]:
 
 def pretrain_hash(cfg: ExperimentConfig) -> str:
     return settings_hash(pretrain_identity(cfg))
+
+
+def chain_hash(cfg: ExperimentConfig) -> str:
+    """What IMP's level chain depends on: the pretraining's settings and the method's but the final sparsity."""
+    chain_id = {**pretrain_identity(cfg), "method": {m: v for m, v in cfg.method.items() if m != "sparsity"}}
+    return settings_hash(chain_id)

@@ -21,12 +21,11 @@ import yaml
 
 from ..errors import RunDirError
 from ..utils.hashing import text_digest
-from .config import ExperimentConfig, pretrain_hash
+from .config import ExperimentConfig
+from .layout import RunPaths
 from .paths import check_inside, check_output_dir
 
 HASH_LINE = "# written by prunekit; sha256 of the lines below: "  # config.yaml's first line (a YAML comment)
-RUN_FILES = ("result.json", "prune.json", "masks.safetensors", "masks.json", "model.safetensors",
-             "levels.jsonl")  # what --force removes (with checkpoints and metrics) before redoing a run
 FORCE = "run again with --force to redo the run"
 
 
@@ -89,7 +88,7 @@ def write_config(run_dir: Path, cfg: ExperimentConfig) -> None:
     written nothing."""
     from ..utils.io import atomic_write_text
 
-    path = run_dir / "config.yaml"
+    path = RunPaths.at(run_dir).config
     if path.is_file():
         old = path.read_text()
         if _unedited(old) and _differing(old, cfg, ignore=("output",)) == []:
@@ -123,7 +122,7 @@ def check_config(run_dir: Path, cfg: ExperimentConfig) -> None:
     """RunDirError when ``config.yaml`` was changed since prunekit wrote it (the hash on its first line does not
     match, or the line is gone) in a setting of the run (not layout, comments or ``output``), naming the
     differing keys."""
-    path = run_dir / "config.yaml"
+    path = RunPaths.at(run_dir).config
     if not path.exists():
         return
     try:
@@ -157,7 +156,7 @@ def check_result(run_dir: Path, cfg: ExperimentConfig) -> dict[str, Any] | None:
     file is damaged or belongs to another run."""
     from .runner import run_id
 
-    path = run_dir / "result.json"
+    path = RunPaths.at(run_dir).result
     if not (path.exists() or path.is_symlink()):
         return None
     row = read_json(path, keys=("run_id",))
@@ -169,15 +168,16 @@ def check_result(run_dir: Path, cfg: ExperimentConfig) -> dict[str, Any] | None:
 def _check_partial(run_dir: Path, cfg: ExperimentConfig) -> None:
     from .sweep import method_schedule
 
-    for ckpt in run_dir.glob("checkpoint-*.pt"):
+    paths = RunPaths.at(run_dir)
+    for ckpt in paths.checkpoints():
         if not ckpt.is_file():
             raise _damaged(ckpt, "is not a file (a checkpoint is)")
     schedule = method_schedule(cfg.method_settings)
     phase = {"after": "finetune", "init": "train", "during": "train"}.get(schedule)
-    if phase and (run_dir / f"checkpoint-{phase}.pt").exists():  # resumes past pruning: reads prune.json
-        path = run_dir / "prune.json"
+    if phase and paths.checkpoint(phase).exists():  # resumes past pruning: reads prune.json
+        path = paths.prune
         if not path.exists():
-            raise _damaged(path, f"missing, but checkpoint-{phase}.pt says pruning was done")
+            raise _damaged(path, f"missing, but {paths.checkpoint(phase).name} says pruning was done")
         read_json(path)
 
 
@@ -187,10 +187,9 @@ def check_caches(cfg: ExperimentConfig) -> None:
 
     if method_schedule(cfg.method_settings) not in ("none", "after", "iterative"):
         return
-    directory = Path(cfg.output.root) / "_pretrained" / pretrain_hash(cfg)
-    summary = directory / "summary.json"
-    if summary.exists() and (directory / "model.safetensors").exists():
-        read_json(summary, fix=f"delete {directory} to recompute it", keys=("final_acc", "wall_time", "steps"))
+    shared = RunPaths.of(cfg).pretraining
+    if shared.complete():
+        read_json(shared.summary, fix=f"delete {shared.path} to recompute it", keys=("final_acc", "wall_time", "steps"))
 
 
 def preflight(cfg: ExperimentConfig, run_dir: Path, force: bool) -> dict[str, Any] | None:
@@ -214,9 +213,9 @@ def preflight(cfg: ExperimentConfig, run_dir: Path, force: bool) -> dict[str, An
     return row
 
 
-def clear(run_dir: Path) -> None:
+def clear(paths: RunPaths) -> None:
     """Remove a run's own files before ``--force`` redoes it (caches shared with other runs stay)."""
-    for path in [*(run_dir / n for n in RUN_FILES), *run_dir.glob("checkpoint-*.pt"), *run_dir.glob("metrics-*.jsonl")]:
+    for path in paths.own_files():
         with contextlib.suppress(FileNotFoundError, OSError if path.is_dir() else ()):
             path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
 

@@ -17,6 +17,7 @@ recorded in the store with status ``failed`` and its one-line error, and raises.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import random
 import sys
@@ -41,10 +42,11 @@ from ..train.cuda_graph import device_refusal as graph_device_refusal
 from ..utils.hashing import settings_hash
 from ..utils.io import atomic_path, atomic_write_text
 from .packing import fit_trainer
-from .config import (ExperimentConfig, check_model_fits, check_targets, create_model, identity, model_kwargs, pretrain_hash, pretrain_identity,
-                     run_hash)
+from .config import ExperimentConfig, check_model_fits, check_targets, create_model, identity, model_kwargs, run_hash
 from . import rundir
+from .layout import LevelPaths, OutputRoot, PhaseDir, RunPaths
 from .progress import Reporter
+from .result_row import ResultRow
 from .run_cost import RunCost, add_sparse_phase, mask_flops_ratio
 from .store import ResultsStore
 
@@ -64,11 +66,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def run_dir_for(cfg: ExperimentConfig) -> Path:
-    return Path(cfg.output.root) / cfg.name / f"{cfg.method_settings.name}-{run_hash(cfg)}"
+    return RunPaths.of(cfg).path
 
 
 def store_for(cfg: ExperimentConfig) -> ResultsStore:
-    return ResultsStore(cfg.output.store or Path(cfg.output.root) / "results.sqlite")
+    return ResultsStore(cfg.output.store or OutputRoot(Path(cfg.output.root)).store)
 
 
 class Built:
@@ -131,11 +133,11 @@ def _locked(directory: Path):
 
 
 def _run_locked(cfg: ExperimentConfig, built: Built, run_dir: Path, force: bool, rep: Reporter) -> dict[str, Any]:
-    result_file = run_dir / "result.json"
+    paths = RunPaths.of(cfg)
     if is_main():  # a distributed run: rank 0 writes every file and the store
         if force:
-            rundir.clear(run_dir)
-        elif (run_dir / "config.yaml").exists() and not any(run_dir.glob("checkpoint-*.pt")):
+            rundir.clear(paths)
+        elif paths.config.exists() and not paths.checkpoints():
             rep.message(f"  {run_dir.name}: redoing it from the start (an earlier attempt stopped before its "
                         f"first checkpoint)")
         rundir.write_config(run_dir, cfg)
@@ -148,9 +150,9 @@ def _run_locked(cfg: ExperimentConfig, built: Built, run_dir: Path, force: bool,
         raise
     if is_main():
         store.record(row)
-    row = {**row, **extra}
+    row = {**row.as_dict(), **extra}
     if is_main():
-        atomic_write_text(result_file, json.dumps(row, indent=2, default=str))
+        atomic_write_text(paths.result, json.dumps(row, indent=2, default=str))
     barrier()  # later runs read this run's files (the pretraining cache, IMP levels, result.json)
     return row
 
@@ -166,7 +168,7 @@ def _summary_writer_class():
 def _tensorboard(cfg: ExperimentConfig, directory: Path):
     if not cfg.output.tensorboard:
         return None
-    return _summary_writer_class()(log_dir=str(directory / "tensorboard"))
+    return _summary_writer_class()(log_dir=str(PhaseDir(directory).tensorboard))
 
 
 def _fit(built: Built, train_cfg: TrainConfig, pruner, phase: str, directory: Path, rep: Reporter,
@@ -183,8 +185,8 @@ def _fit(built: Built, train_cfg: TrainConfig, pruner, phase: str, directory: Pa
             writer.flush()
 
     trainer = Trainer(built.model, built.train_loader, built.test_loader, train_cfg, pruner=pruner,
-                      device=built.device, phase=phase, checkpoint_path=directory / f"checkpoint-{phase}.pt",
-                      metrics_path=directory / f"metrics-{phase}.jsonl", progress=rep.progress, log=log)
+                      device=built.device, phase=phase, checkpoint_path=PhaseDir(directory).checkpoint(phase),
+                      metrics_path=PhaseDir(directory).metrics(phase), progress=rep.progress, log=log)
     if start_step and not trainer.checkpoint_path.exists():
         _start_at(trainer, start_step)
     elif trainer.checkpoint_path.exists():
@@ -213,9 +215,8 @@ def _best_at_final_sparsity(summary: dict[str, Any], history: list[dict[str, Any
 
 def _pretrain(cfg: ExperimentConfig, built: Built, rep: Reporter) -> dict[str, Any]:
     """Dense training, cached under ``<root>/_pretrained/<hash>`` and shared between runs."""
-    directory = Path(cfg.output.root) / "_pretrained" / pretrain_hash(cfg)
-    weights = directory / "model.safetensors"
-    summary_file = directory / "summary.json"
+    shared = RunPaths.of(cfg).pretraining
+    directory, weights, summary_file = shared.path, shared.weights, shared.summary
     if not (weights.exists() and summary_file.exists()):
         directory.mkdir(parents=True, exist_ok=True)
         with _locked(directory):  # runs sharing this pretraining train it once, one process at a time
@@ -242,7 +243,8 @@ def _context(built: Built) -> PruneContext:
                         total_steps=_total_steps(built, built.cfg.train), steps_per_epoch=len(built.train_loader))
 
 
-def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporter) -> tuple[dict, dict]:
+def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporter) -> tuple[ResultRow, dict]:
+    paths = RunPaths.of(cfg)
     pruner = built.pruner
     schedule = pruner.schedule
     extra: dict[str, Any] = {}
@@ -257,7 +259,7 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
         cost.add(pre["steps"])
         extra["pretrain_acc"] = pre["final_acc"]
         finetune_cfg = cfg.finetune or cfg.train
-        ckpt = run_dir / "checkpoint-finetune.pt"
+        ckpt = paths.checkpoint("finetune")
         ctx = _context(built)
         ctx.total_steps = _total_steps(built, finetune_cfg)
         pruner.setup(ctx)
@@ -268,19 +270,19 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
             extra["prune_time"] = time.perf_counter() - t0
             extra["pruned_acc"] = evaluate(built.model, built.test_loader)["acc"]
             if is_main():
-                atomic_write_text(run_dir / "prune.json", json.dumps(extra))
+                atomic_write_text(paths.prune, json.dumps(extra))
         else:
-            extra.update(rundir.read_json(run_dir / "prune.json"))
+            extra.update(rundir.read_json(paths.prune))
         summary = _fit(built, finetune_cfg, pruner, "finetune", run_dir, rep)
         wall = pre["wall_time"] + extra.get("prune_time", 0.0) + summary["wall_time"]
         add_sparse_phase(cost, pruner, summary["steps"], _flops_ratio(built))
     elif schedule == "iterative":
-        _chain_dir(cfg).mkdir(parents=True, exist_ok=True)
-        with _locked(_chain_dir(cfg)):  # runs sharing these IMP levels train each level once
+        paths.chain.path.mkdir(parents=True, exist_ok=True)
+        with _locked(paths.chain.path):  # runs sharing these IMP levels train each level once
             summary, wall, extra = _run_levels(cfg, built, run_dir, rep)
         cost = extra.pop("cost")
     else:
-        ckpt = run_dir / "checkpoint-train.pt"
+        ckpt = paths.checkpoint("train")
         ctx = _context(built)
         pruner.setup(ctx)
         # "during" methods get on_init too: initial masks (e.g. an ERK start)
@@ -293,17 +295,17 @@ def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
                 check_layer_collapse(built.model, pruner.masks, built.input_shape, raise_error="disconnected")
             if is_main():
                 if pruner.search_history():
-                    atomic_write_text(run_dir / "search.json", json.dumps(pruner.search_history()))
-                atomic_write_text(run_dir / "prune.json", json.dumps(extra))
+                    atomic_write_text(paths.search, json.dumps(pruner.search_history()))
+                atomic_write_text(paths.prune, json.dumps(extra))
         else:
-            extra.update(rundir.read_json(run_dir / "prune.json"))
+            extra.update(rundir.read_json(paths.prune))
         summary = _fit(built, cfg.train, pruner, "train", run_dir, rep)
         wall = extra.get("prune_time", 0.0) + summary["wall_time"]
         cost.add(summary["steps"], _training_flops(built) or _flops_ratio(built))
     if schedule != "none" and is_main():
-        pruner.masks.save(run_dir / "masks.safetensors")
+        pruner.masks.save(paths.masks)
     if cfg.output.save_model and is_main():
-        with atomic_path(run_dir / "model.safetensors") as tmp:
+        with atomic_path(paths.model) as tmp:
             save_file({k: v.contiguous().cpu() for k, v in built.model.state_dict().items()}, str(tmp))
     return _row(cfg, built, run_dir, status="finished", summary=summary, wall=wall, cost=cost), extra
 
@@ -325,30 +327,25 @@ def _state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def _save_level(directory: Path, built: Built, summary: dict[str, Any], extra: dict[str, torch.Tensor] | None = None):
     if not is_main():
         return
+    level = LevelPaths(directory)
     tensors = {f"model.{k}": v for k, v in built.model.state_dict().items()}
     tensors.update({f"mask.{k}": v.to(torch.uint8) for k, v in built.pruner.masks.items()})
     tensors.update({f"rewind.{k}": v for k, v in (extra or {}).items()})
-    with atomic_path(directory / "level.safetensors") as tmp:
+    with atomic_path(level.state) as tmp:
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    atomic_write_text(directory / "summary.json", json.dumps(summary))
-    for leftover in directory.glob("checkpoint-*.pt"):
+    atomic_write_text(level.summary, json.dumps(summary))
+    for leftover in level.checkpoints():
         leftover.unlink()
 
 
 def _load_level(directory: Path, built: Built) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    path = directory / "level.safetensors"
+    path = LevelPaths(directory).state
     tensors = load_weights(path, built.device)
     load_module_state(built.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, str(path))
     built.pruner.masks.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("mask.")},
                                        source=str(directory))
     rewind = {k[7:]: v for k, v in tensors.items() if k.startswith("rewind.")}
-    return rundir.read_json(directory / "summary.json", fix=f"delete {directory} to recompute the level"), rewind
-
-
-def _chain_dir(cfg: ExperimentConfig) -> Path:
-    """``<root>/_imp/<hash>``: the IMP levels every run with these settings (but the final sparsity) shares."""
-    chain_id = {**pretrain_identity(cfg), "method": {m: v for m, v in cfg.method.items() if m != "sparsity"}}
-    return Path(cfg.output.root) / "_imp" / settings_hash(chain_id)
+    return rundir.read_json(LevelPaths(directory).summary, fix=f"delete {directory} to recompute the level"), rewind
 
 
 def _run_levels(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporter) -> tuple[dict, float, dict]:
@@ -361,12 +358,12 @@ def _run_levels(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
     except the last (the run's own row), a store row with status ``level``."""
     pruner = built.pruner
     k, mode = pruner.config.rewind_step, pruner.config.rewind
-    chain = _chain_dir(cfg)
+    chain = RunPaths.of(cfg).chain
     rewind = _state_copy(built.model)  # θ0
     pruner.level = 0
     if mode == "weights" and k > 0:
-        level0 = chain / "level0"
-        if (level0 / "summary.json").exists():
+        level0 = chain.level(0).path
+        if chain.level(0).summary.exists():
             summary, rewind = _load_level(level0, built)
         else:
             level0.mkdir(parents=True, exist_ok=True)
@@ -385,9 +382,9 @@ def _run_levels(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
         if level > 0:
             history.append(plan[level - 1])
             tag = settings_hash(history)
-            directory = chain / f"level{level}-{tag}"
+            directory = chain.level(level, tag).path
             pruner.level = level
-            if (directory / "summary.json").exists():
+            if chain.level(level, tag).summary.exists():
                 summary, _ = _load_level(directory, built)
                 rep.message(f"  IMP level {level}/{len(plan)} (sparsity {pruner.masks.sparsity():.4f}): reusing {directory}")
             else:
@@ -407,11 +404,12 @@ def _run_levels(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporte
                         **{key: summary[key] for key in ("final_acc", "best_acc", "steps", "wall_time")},
                         "total_wall_time": sum(r["wall_time"] for r in records) + summary["wall_time"]})
         if is_main():
-            atomic_write_text(run_dir / "levels.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+            atomic_write_text(RunPaths.of(cfg).levels, "".join(json.dumps(r) + "\n" for r in records))
         if level < len(plan) and is_main():
             row = _row(cfg, built, run_dir, status="level", summary=summary, wall=records[-1]["total_wall_time"],
                        cost=cost)
-            row.update(run_id=f"imp-{chain.name}-L{level}-{tag}", target_sparsity=row["achieved_sparsity"])
+            row = dataclasses.replace(row, run_id=f"imp-{chain.path.name}-L{level}-{tag}",
+                                      target_sparsity=row.achieved_sparsity)
             store.record(row)
     return summary, records[-1]["total_wall_time"], {"levels": len(plan), "cost": cost}
 
@@ -445,36 +443,21 @@ def _target_sparsity(cfg: ExperimentConfig, built: Built) -> float:
 
 
 def _row(cfg: ExperimentConfig, built: Built, run_dir: Path, status: str, summary: dict | None = None,
-         wall: float = 0.0, error: str | None = None, cost: RunCost | None = None) -> dict[str, Any]:
+         wall: float = 0.0, error: str | None = None, cost: RunCost | None = None) -> ResultRow:
     masks = built.pruner.masks if built.pruner.schedule != "none" else None
     params = count_params(built.model, masks)
     flops = count_flops(built.model, built.input_shape, masks, device=built.device)
     summary = summary or {}
-    row = {
-        "run_id": run_id(cfg),
-        "recipe": cfg.name,
-        "method": cfg.method_settings.name,
-        "model": cfg.model.name,
-        "dataset": cfg.data.name,
-        "seed": cfg.seed,
-        "target_sparsity": _target_sparsity(cfg, built),
-        "achieved_sparsity": masks.sparsity() if masks is not None else 0.0,
-        "final_acc": summary.get("final_acc"),
-        "best_acc": summary.get("best_acc"),
-        "wall_time": wall,
-        "params": params["params"],
-        "nonzero_params": params["nonzero"],
-        "flops": flops["flops"],
-        "sparse_flops": flops["sparse_flops"],
-        # the whole run's training (pretraining, IMP's chain, BiP's bi-level steps) vs one dense training
-        "train_flops_ratio": cost.ratio(_total_steps(built, cfg.train)) if cost else _training_flops(built),
-        "train_steps": cost.steps if cost else None,
-        "status": status,
-        "error": error,
-        "run_dir": str(run_dir),
-        "config": identity(cfg),
-    }
-    return row
+    return ResultRow(
+        run_id=run_id(cfg), recipe=cfg.name, method=cfg.method_settings.name, model=cfg.model.name, dataset=cfg.data.name,
+        seed=cfg.seed, target_sparsity=_target_sparsity(cfg, built),
+        achieved_sparsity=masks.sparsity() if masks is not None else 0.0,
+        final_acc=summary.get("final_acc"), best_acc=summary.get("best_acc"), wall_time=wall,
+        params=params["params"], nonzero_params=params["nonzero"], flops=flops["flops"],
+        sparse_flops=flops["sparse_flops"],
+        train_flops_ratio=cost.ratio(_total_steps(built, cfg.train)) if cost else _training_flops(built),
+        train_steps=cost.steps if cost else None, status=status, error=error, run_dir=str(run_dir),
+        config=identity(cfg))
 
 
 __all__ = ["PrunekitError", "run_experiment", "run_dir_for", "store_for"]

@@ -23,31 +23,9 @@ from typing import Any
 
 from ..errors import OutputError, StoreError
 from .paths import check_output_dir
+from .result_row import ResultRow, store_columns
 
-COLUMNS = {
-    "run_id": "TEXT PRIMARY KEY",
-    "recipe": "TEXT",
-    "method": "TEXT",
-    "model": "TEXT",
-    "dataset": "TEXT",
-    "seed": "INTEGER",
-    "target_sparsity": "REAL",
-    "achieved_sparsity": "REAL",
-    "final_acc": "REAL",
-    "best_acc": "REAL",
-    "wall_time": "REAL",
-    "params": "INTEGER",
-    "nonzero_params": "INTEGER",
-    "flops": "REAL",
-    "sparse_flops": "REAL",
-    "train_flops_ratio": "REAL",
-    "train_steps": "INTEGER",
-    "status": "TEXT",
-    "error": "TEXT",
-    "run_dir": "TEXT",
-    "config": "TEXT",
-    "finished_at": "REAL",
-}
+COLUMNS = store_columns()  # {name: SQLite type}, from the one row definition
 
 SCHEMA_VERSION = 1  # bump with a step in MIGRATIONS when a change needs more than new columns
 APPLICATION_ID = 0x504B5253  # "PKRS" in the SQLite header: this file is a prunekit results store
@@ -218,9 +196,9 @@ class ResultsStore:
         con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # --- rows ----------------------------------------------------------------------------------------
-    def record(self, row: dict[str, Any]) -> None:
+    def record(self, row: ResultRow | dict[str, Any]) -> None:
         """Insert or replace the row of ``row["run_id"]`` in one transaction."""
-        row = dict(row)
+        row = row.as_dict() if isinstance(row, ResultRow) else dict(row)
         row.setdefault("finished_at", time.time())
         if isinstance(row.get("config"), (dict, list)):
             row["config"] = json.dumps(row["config"], sort_keys=True)

@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator
 from ..errors import ConfigError, PrunekitError
 from ..methods import MethodConfig
 from .config import ExperimentConfig, build_config, parse_overrides, pretrain_hash
+from .layout import OutputRoot, RunPaths
 from .recipes import expand_grid, load_recipe
 from .runner import run_dir_for, run_experiment, store_for
 from .rundir import take_lock
@@ -145,10 +146,10 @@ def group_key(cfg: ExperimentConfig) -> str:
 
 def run_status(cfg: ExperimentConfig) -> str:
     """``finished`` (result written: skipped), ``partial`` (resumes from its checkpoint) or ``pending``."""
-    run_dir = run_dir_for(cfg)
-    if (run_dir / "result.json").exists():
+    paths = RunPaths.of(cfg)
+    if paths.result.exists():
         return "finished"
-    if run_dir.is_dir() and any(run_dir.glob("checkpoint-*.pt")):
+    if paths.path.is_dir() and paths.checkpoints():
         return "partial"
     return "pending"
 
@@ -179,7 +180,7 @@ def group_lock(group: Group, on_wait: Callable[[str], None] | None = None) -> It
     except ImportError:  # no POSIX locks: one sweep at a time per output root
         yield
         return
-    path = group.root / "_locks" / f"{group.key}.lock"
+    path = OutputRoot(group.root).lock(group.key)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         take_lock(fh.fileno(), f"{path} (another process is running these runs)", on_wait)

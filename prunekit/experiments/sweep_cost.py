@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..errors import PrunekitError
 from .config import ExperimentConfig, build_config, model_kwargs, pretrain_hash
+from .layout import RunPaths
 from .runner import store_for
 from .store import ResultsStore
 from .sweep import method_schedule, run_status
@@ -130,7 +130,7 @@ def estimate(configs: list[ExperimentConfig]) -> SweepCost:
         for phase, n in phases(cfg, _levels(models, cfg)):
             if phase == "pretrain":
                 key = (cfg.output.root, pretrain_hash(cfg))
-                cached = (Path(cfg.output.root) / "_pretrained" / key[1] / "summary.json").exists()
+                cached = RunPaths.of(cfg).pretraining.summary.exists()
                 if cached or key in seen_pretrain:
                     continue
                 seen_pretrain.add(key)

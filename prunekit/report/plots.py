@@ -31,6 +31,7 @@ matplotlib.use("Agg")  # files only, never a window (and no display needed)
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
+from ..experiments.layout import RunPaths  # noqa: E402
 from ..utils.io import atomic_write_bytes  # noqa: E402
 from .groups import FAMILIES, PAPER_METHODS  # noqa: E402
 from .tables import Entry, Section  # noqa: E402
@@ -255,7 +256,7 @@ def accuracy_vs_cost(section: Section, metric: str | None = None) -> Figure | No
 
 
 def _mask_report(run_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / "masks.json"
+    path = RunPaths.at(run_dir).mask_report
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -285,33 +286,10 @@ def layer_sparsity(runs: dict[str, str | Path]) -> Figure | None:
     return fig
 
 
-def _phase_files(run_dir: Path) -> list[Path]:
-    """The metric files of a run in training order: its shared pretraining (when it used one) first."""
-    files = []
-    config = run_dir / "config.yaml"
-    if config.is_file():
-        import yaml
-
-        from ..errors import PrunekitError
-        from ..experiments.config import build_config, pretrain_hash
-        from ..experiments.sweep import method_schedule
-
-        try:
-            cfg = build_config(yaml.safe_load(config.read_text()))
-            pre = run_dir.parents[1] / "_pretrained" / pretrain_hash(cfg) / "metrics-pretrain.jsonl"
-            if pre.is_file() and method_schedule(cfg.method_settings) in ("none", "after"):
-                files.append(pre)
-        except (PrunekitError, yaml.YAMLError, OSError, IndexError):
-            pass
-    order = {"pretrain": 0, "prune": 1, "train": 2, "finetune": 3}
-    own = sorted(run_dir.glob("metrics-*.jsonl"), key=lambda p: order.get(p.stem.split("-", 1)[1], 9))
-    return files + own
-
-
 def read_curve(run_dir: str | Path) -> list[dict[str, Any]]:
     """Evaluation records of a run's phases with ``total_epoch`` counted across phases."""
     records, offset = [], 0.0
-    for path in _phase_files(Path(run_dir)):
+    for path in RunPaths.at(run_dir).curve_files():
         last = 0.0
         for line in path.read_text().splitlines():
             try:

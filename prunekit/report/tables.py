@@ -26,11 +26,12 @@ import json
 import math
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..experiments.layout import RunPaths
+from ..experiments.result_row import columns as row_columns, csv_columns
 from . import groups
 
 METRICS = ("final_acc", "best_acc")
@@ -48,18 +49,34 @@ class Entry:
     values: list[float]
     seeds: list[int]
     run_dirs: list[str]
-    achieved: float  # measured weight sparsity of the masks, mean over seeds
-    seconds: float
+    means: dict[str, float | None]  # every numeric column of the rows, mean over seeds (None: no row has it)
     reference: float | None = None
     series: str = ""
     level: bool = False  # an intermediate IMP level (its own stored row)
     structured: bool = False
     flops_reduction: float | None = None  # dense / sparse inference FLOPs, mean over seeds
-    cost: float | None = None  # training FLOPs relative to dense training, mean over seeds
-    steps: float | None = None  # optimizer steps of the whole run, mean over seeds
     expected_seeds: int = 0  # the most seeds any group of its section has
     family: str | None = None  # the paper it is compared in (groups.FAMILIES)
     name: str = ""  # the method as its paper names it (one colour per name in every figure)
+
+    @property
+    def achieved(self) -> float:
+        """Measured weight sparsity of the masks, mean over seeds."""
+        return self.means["achieved_sparsity"] or 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self.means["wall_time"] or 0.0
+
+    @property
+    def cost(self) -> float | None:
+        """Training FLOPs relative to dense training, mean over seeds."""
+        return self.means["train_flops_ratio"]
+
+    @property
+    def steps(self) -> float | None:
+        """Optimizer steps of the whole run, mean over seeds."""
+        return self.means["train_steps"]
 
     @property
     def n(self) -> int:
@@ -138,7 +155,7 @@ def recipe_reference(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _recipe_reference(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for row in rows:
-        path = Path(row.get("run_dir") or "") / "config.yaml"
+        path = RunPaths.at(row.get("run_dir") or "").config
         if path.is_file():
             try:
                 return yaml.safe_load(path.read_text()).get("reference") or {}
@@ -259,11 +276,9 @@ def _entry(rows: list[dict[str, Any]], label: str, metric: str, reference: dict[
         method=label, method_name=first["method"], sparsity=sparsity,
         values=[float(r[metric]) for r in rows], seeds=[int(r["seed"]) for r in rows],
         run_dirs=[r.get("run_dir") or "" for r in rows],
-        achieved=statistics.fmean(float(r.get("achieved_sparsity") or 0.0) for r in rows),
-        seconds=statistics.fmean(float(r.get("wall_time") or 0.0) for r in rows), reference=ref,
+        means={c.name: _mean([r.get(c.name) for r in rows]) for c in row_columns() if c.numeric}, reference=ref,
         series=groups.series_key(first), level=level, structured=groups.is_structured(flat),
-        flops_reduction=_mean(reduction), cost=_mean([r.get("train_flops_ratio") for r in rows]),
-        steps=_mean([r.get("train_steps") for r in rows]), family=groups.family(first["method"], flat),
+        flops_reduction=_mean(reduction), family=groups.family(first["method"], flat),
         name=groups.display_name(flat))
 
 
@@ -358,9 +373,12 @@ def to_markdown(sections: list[Section], metric: str = "final_acc") -> str:
     return "\n".join(parts)
 
 
-CSV_FIELDS = ["recipe", "model", "dataset", "method", "sparsity", "achieved_sparsity", "seeds", "n", "metric",
-              "mean", "std", "paper", "diff", "time_s", "level", "structured", "flops_reduction",
-              "train_flops_ratio", "train_steps"]
+ENTRY_FIELDS = ["recipe", "model", "dataset", "method", "sparsity", "seeds", "n", "metric", "mean", "std", "paper",
+                "diff", "level", "structured", "flops_reduction"]  # then the rows' own columns (csv_columns)
+
+
+def csv_fields() -> list[str]:
+    return ENTRY_FIELDS + [c.csv for c in csv_columns()]
 
 
 def _round(v: float | None, digits: int = 4) -> float | str:
@@ -368,16 +386,18 @@ def _round(v: float | None, digits: int = 4) -> float | str:
 
 
 def to_csv(sections: list[Section], metric: str = "final_acc") -> str:
+    """One line per entry: what the report computes for it, then each per-run column of the row definition
+    that has a CSV name, as its mean over the entry's seeds."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_FIELDS)
+    writer.writerow(csv_fields())
     for s in sections:
         for e in s.entries:
-            writer.writerow([s.recipe, s.model, s.dataset, e.method, e.sparsity, round(e.achieved, 6),
-                             " ".join(map(str, e.seeds)), e.n, s.metric, round(e.mean, 4),
-                             "" if e.std is None else round(e.std, 4), "" if e.reference is None else e.reference,
-                             "" if e.diff is None else round(e.diff, 4), round(e.seconds, 3), int(e.level),
-                             int(e.structured), _round(e.flops_reduction), _round(e.cost), _round(e.steps)])
+            writer.writerow([s.recipe, s.model, s.dataset, e.method, e.sparsity, " ".join(map(str, e.seeds)), e.n,
+                             s.metric, round(e.mean, 4), "" if e.std is None else round(e.std, 4),
+                             "" if e.reference is None else e.reference, "" if e.diff is None else round(e.diff, 4),
+                             int(e.level), int(e.structured), _round(e.flops_reduction),
+                             *(_round(e.means[c.name], c.digits) for c in csv_columns())])
     return buf.getvalue()
 
 
