@@ -10,6 +10,6 @@ from . import imp  # noqa: F401  (registers imp)
 from . import dst, gmp  # noqa: F401  (registers set, rigl; gmp, granet, granet_uniform)
 from . import structured  # noqa: F401  (registers structured)
 from .base import MethodConfig, PruneContext, Pruner
-from .registry import METHODS, create, method_config
+from .registry import METHODS, create, method_config, method_schedule
 
-__all__ = ["METHODS", "MethodConfig", "PruneContext", "Pruner", "create", "method_config"]
+__all__ = ["METHODS", "MethodConfig", "PruneContext", "Pruner", "create", "method_config", "method_schedule"]

@@ -20,7 +20,7 @@ from .base import MethodConfig, PruneContext, Pruner
 from .registry import METHODS
 
 
-@METHODS.register("dense", family="baseline", when="none")
+@METHODS.register("dense", family="baseline")
 class Dense(Pruner):
     """No pruning: masks stay all-ones."""
 
@@ -38,7 +38,7 @@ class RandomConfig(MethodConfig):
     seed: int | None = None  # None: the experiment seed / the global RNG
 
 
-@METHODS.register("random", family="pai", when="init")
+@METHODS.register("random", family="pai")
 class RandomPruning(Pruner):
     """Random masks at initialization with per-layer budgets (uniform, ERK or ER)."""
 
@@ -73,7 +73,7 @@ class MagnitudeConfig(MethodConfig):
     when: Literal["init", "after"] = "after"
 
 
-@METHODS.register("magnitude", family="post-training", when="after")
+@METHODS.register("magnitude", family="post-training")
 class MagnitudePruning(Pruner):
     """Keep the largest-magnitude weights; ``when="after"`` + fine-tune is OMP."""
 
@@ -81,9 +81,9 @@ class MagnitudePruning(Pruner):
     name = "magnitude"
     config: MagnitudeConfig
 
-    @property
-    def schedule(self) -> str:
-        return self.config.when
+    @classmethod
+    def schedule_for(cls, config: MagnitudeConfig) -> str:
+        return config.when
 
     def on_init(self, ctx: PruneContext | None = None) -> None:
         if self.config.when == "init":

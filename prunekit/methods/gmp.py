@@ -171,7 +171,7 @@ class Gradual(SparseTraining):
                 m.copy_(keep_largest(score, k, m, count=self._nnz[i]))
 
 
-@METHODS.register("gmp", family="dst", when="during")
+@METHODS.register("gmp", family="dst")
 class GMP(Gradual):
     """Gradual magnitude pruning (Zhu & Gupta 2017) from a dense start, as GraNet's ``--method GMP``
     (global) / ``GMP_uniform`` (``allocation: uniform``)."""
@@ -217,7 +217,7 @@ class GraNetUniformConfig(GraNetConfig):
     allocation: Literal["global", "uniform", "erk"] = "uniform"
 
 
-@METHODS.register("granet", family="dst", when="during")
+@METHODS.register("granet", family="dst")
 class GraNet(Gradual):
     """GraNet: gradual global magnitude pruning + zero-cost neuroregeneration (gradient growth)."""
 
@@ -257,7 +257,7 @@ class GraNet(Gradual):
         self._record_change(step, dense_grad=cfg.growth == "gradient", before=before, after=after)
 
 
-@METHODS.register("granet_uniform", family="dst", when="during")
+@METHODS.register("granet_uniform", family="dst")
 class GraNetUniform(GraNet):
     """GraNet with layer-wise uniform pruning (``--method GraNet_uniform``)."""
 

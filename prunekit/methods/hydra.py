@@ -278,7 +278,7 @@ class HydraConfig(ScoreConfig):
     train_norm: bool = True
 
 
-@METHODS.register("hydra", family="post-training", when="after")
+@METHODS.register("hydra", family="post-training")
 class Hydra(Pruner):
     """HYDRA: learn scores with the weights frozen (straight-through top-k), then fine-tune.
 

@@ -140,7 +140,7 @@ def _scoring_samples(model, ctx: PruneContext, cfg: DataPaIConfig, what: str):
     return take_samples(itertools.chain([first], it), n, model_device(model), what)
 
 
-@METHODS.register("snip", family="pai", when="init")
+@METHODS.register("snip", family="pai")
 class SNIP(ScorePaI):
     """SNIP: keep the largest ``|w * dL/dw|`` (global by default), scored once on the first samples."""
 
@@ -171,7 +171,7 @@ class GraSPConfig(DataPaIConfig):
     second_order: Literal["fused", "autograd"] = "fused"
 
 
-@METHODS.register("grasp", family="pai", when="init")
+@METHODS.register("grasp", family="pai")
 class GraSP(SNIP):
     """GraSP: keep the largest ``(Hg) * w`` (Synaptic-Flow's sign convention; see prunekit.scoring)."""
 
@@ -195,7 +195,7 @@ class SynFlowConfig(PaIConfig):
     cpu_threads: int | None = None  # None: one per million weights (batch-1 rounds are too small to share)
 
 
-@METHODS.register("synflow", family="pai", when="init")
+@METHODS.register("synflow", family="pai")
 class SynFlow(ScorePaI):
     """SynFlow: ``rounds`` (100) data-free rounds of ``|w * dR/dw|`` on the linearised network, global
     top-k with the exponential schedule. The rounds run on a flat copy of the weights (see
@@ -248,7 +248,7 @@ class IterSNIPConfig(PaIConfig):
     train_mode: bool = True  # FORCE scores the network in its default (train) mode
 
 
-@METHODS.register("iter_snip", family="pai", when="init")
+@METHODS.register("iter_snip", family="pai")
 class IterSNIP(ScorePaI):
     """Iterative SNIP (FORCE code, ``prune_method=1``): ``rounds`` SNIP rounds on the masked network,
     each on the next ``batches_per_round`` batches, global top-k on the exponential schedule; removed
@@ -282,7 +282,7 @@ class ProsPrConfig(PaIConfig):
     train_mode: bool = True  # the reference prunes a copy in train mode
 
 
-@METHODS.register("prospr", family="pai", when="init")
+@METHODS.register("prospr", family="pai")
 class ProsPr(ScorePaI):
     """ProsPr: keep the largest ``|dL(w_M)/dc|`` after M differentiable SGD steps (global top-k, one shot)."""
 

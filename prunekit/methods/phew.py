@@ -37,7 +37,7 @@ class PHEWConfig(DataFreeConfig):
     jump: Literal["reference", "block_input"] = "reference"
 
 
-@METHODS.register("phew", family="pai", when="init")
+@METHODS.register("phew", family="pai")
 class PHEW(KeepsLayersDense, DataFreePruner):
     """PHEW masks at initialization (no data); exact global budget ``int(s * N)`` weights removed."""
 

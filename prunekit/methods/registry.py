@@ -28,6 +28,13 @@ def method_config(settings: dict[str, Any]) -> MethodConfig:
         raise config_error_from(e, cls.Config, prefix="method") from None
 
 
+def method_schedule(settings: dict[str, Any] | MethodConfig) -> str:
+    """When the method of ``settings`` prunes (its lifecycle: none/init/during/after/iterative), from the
+    validated settings, without a model: :meth:`Pruner.schedule_for`."""
+    config = settings if isinstance(settings, MethodConfig) else method_config(settings)
+    return METHODS.get(config.name).schedule_for(config)
+
+
 def create(name: str, model: nn.Module, *, loss_fn: LossFn | None = None, output_fn: OutputFn | None = None,
            **settings: Any) -> Pruner:
     """Build a pruner for ``model``: ``prunekit.create("magnitude", model, sparsity=0.9)``.

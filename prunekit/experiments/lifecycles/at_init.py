@@ -1,0 +1,16 @@
+"""``init``: prune at initialization (``on_init``), then train the sparse network."""
+from __future__ import annotations
+
+from ...diagnostics import check_layer_collapse
+from .base import LIFECYCLES, Outcome, prune_then_train
+
+
+@LIFECYCLES.register("init")
+def at_init(run) -> Outcome:
+    built = run.built
+
+    def check() -> dict:  # before any training time is spent; a cut branch only warns
+        check_layer_collapse(built.model, built.pruner.masks, built.input_shape, raise_error="disconnected")
+        return {}
+
+    return prune_then_train(run, f"prune: {run.cfg.method['name']}", check)
