@@ -15,6 +15,6 @@ a method declares (:meth:`prunekit.methods.Pruner.schedule_for`); :func:`prune_o
 they share.
 """
 from . import after, at_init, dense, during, iterative  # noqa: F401  (each registers its lifecycle)
-from .base import LIFECYCLES, Lifecycle, Outcome, prune_once
+from .base import LIFECYCLES, Outcome, prune_once
 
-__all__ = ["LIFECYCLES", "Lifecycle", "Outcome", "prune_once"]
+__all__ = ["LIFECYCLES", "Outcome", "prune_once"]

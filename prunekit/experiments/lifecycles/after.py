@@ -2,13 +2,18 @@
 ``dense`` included), one pruning step, then fine-tuning (OMP-style)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ...train import evaluate
 from ..run_cost import RunCost, add_sparse_phase
 from .base import LIFECYCLES, Outcome, prune_once
 
+if TYPE_CHECKING:
+    from ..runner import Run
+
 
 @LIFECYCLES.register("after")
-def after(run) -> Outcome:
+def after(run: Run) -> Outcome:
     built, pruner = run.built, run.pruner
     pre = run.pretrain()
     cost = RunCost()

@@ -2,9 +2,14 @@
 (e.g. an ERK start)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .base import LIFECYCLES, Outcome, prune_then_train
+
+if TYPE_CHECKING:
+    from ..runner import Run
 
 
 @LIFECYCLES.register("during")
-def during(run) -> Outcome:
+def during(run: Run) -> Outcome:
     return prune_then_train(run, "")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save_file
@@ -26,6 +26,9 @@ from ..config import ExperimentConfig, pretrain_identity
 from ..run_cost import RunCost
 from .base import LIFECYCLES, Outcome
 
+if TYPE_CHECKING:
+    from ..runner import Run
+
 
 def chain_dir(cfg: ExperimentConfig) -> Path:
     """``<root>/_imp/<hash>``: the IMP levels every run with these settings (but the final sparsity) shares."""
@@ -35,14 +38,14 @@ def chain_dir(cfg: ExperimentConfig) -> Path:
 
 
 @LIFECYCLES.register("iterative")
-def iterative(run) -> Outcome:
+def iterative(run: Run) -> Outcome:
     chain = chain_dir(run.cfg)
     chain.mkdir(parents=True, exist_ok=True)
     with run.locked(chain):  # runs sharing these IMP levels train each level once
         return _levels(run, chain)
 
 
-def _levels(run, chain: Path) -> Outcome:
+def _levels(run: Run, chain: Path) -> Outcome:
     built, pruner, rep = run.built, run.pruner, run.rep
     k = pruner.retrain_from
     rewind = {name: v.detach().clone() for name, v in built.model.state_dict().items()}  # θ0
