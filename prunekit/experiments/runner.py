@@ -17,6 +17,7 @@ import random
 import sys
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -261,7 +262,7 @@ class Run:
     def pruner(self):
         return self.built.pruner
 
-    @property
+    @cached_property
     def store(self) -> ResultsStore:
         return store_for(self.cfg)
 
