@@ -1,13 +1,8 @@
 """Running an experiment: resolve, build, chain the phases, write the run directory and the store.
 
-Phases by method schedule (``Pruner.schedule``):
-
-* ``none`` (dense): ``train``.
-* ``init`` (pruning at initialization): ``prune`` (``on_init``) → ``train``.
-* ``during`` (dynamic sparse training, gradual pruning): ``train`` with the method's hooks.
-* ``after`` (one-shot after training, OMP-style): ``pretrain`` (dense, cached and shared by every run
-  with the same model/data/train/seed, ``dense`` included) → ``prune`` → ``finetune``.
-* ``iterative`` (IMP): ``[prune → rewind → train] × levels`` after a dense level 0 (see :func:`_run_levels`).
+The phases are the method's lifecycle (:mod:`prunekit.experiments.lifecycles`, looked up by the method's
+``schedule``): dense training, pruning at init then training, training with the method's hooks, dense
+pretraining then pruning then fine-tuning, or IMP's level chain.
 
 Everything that can fail on user input (config, names, data files) is checked before the run directory
 is created. A finished run (``result.json`` present) is skipped unless ``force``. A run that fails
@@ -17,12 +12,12 @@ recorded in the store with status ``failed`` and its one-line error, and raises.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import random
 import sys
-import time
 import warnings
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +26,22 @@ import torch
 from safetensors.torch import save_file
 
 from .. import data as pkdata
-from ..diagnostics import check_layer_collapse
 from ..distributed import MaskDivergenceError, barrier, init_from_env, is_main, shard_loader, sync_state
 from ..errors import ConfigError, LayerCollapseError, NumericError, PrunekitError
 from ..methods import METHODS, PruneContext
 from ..report.measure import count_flops, count_params
-from ..train import Trainer, TrainConfig, evaluate
+from ..train import Trainer, TrainConfig
 from ..train.checkpoint import load_module_state, load_weights
 from ..train.cuda_graph import device_refusal as graph_device_refusal
-from ..utils.hashing import settings_hash
 from ..utils.io import atomic_path, atomic_write_text
 from .packing import fit_trainer
 from .config import ExperimentConfig, check_model_fits, check_targets, create_model, identity, model_kwargs, run_hash
 from . import rundir
-from .layout import LevelPaths, OutputRoot, PhaseDir, RunPaths
+from .layout import OutputRoot, PhaseDir, RunPaths
+from .lifecycles import LIFECYCLES
 from .progress import Reporter
 from .result_row import ResultRow
-from .run_cost import RunCost, add_sparse_phase, mask_flops_ratio
+from .run_cost import RunCost, mask_flops_ratio
 from .store import ResultsStore
 
 
@@ -98,6 +92,7 @@ class Built:
         self.method_cfg = cfg.method_settings
         check_targets(self.model, cfg, self.method_cfg)
         self.pruner = METHODS.get(self.method_cfg.name)(self.model, self.method_cfg)
+        self.lifecycle = LIFECYCLES.get(self.pruner.schedule)
         if cfg.output.tensorboard:
             _summary_writer_class()
 
@@ -245,69 +240,55 @@ def _context(built: Built) -> PruneContext:
 
 def _run_phases(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporter) -> tuple[ResultRow, dict]:
     paths = RunPaths.of(cfg)
-    pruner = built.pruner
-    schedule = pruner.schedule
-    extra: dict[str, Any] = {}
-    wall = 0.0
-    cost = RunCost()
-    if schedule == "none":
-        summary = _pretrain(cfg, built, rep)
-        wall = summary["wall_time"]
-        cost.add(summary["steps"])
-    elif schedule == "after":
-        pre = _pretrain(cfg, built, rep)
-        cost.add(pre["steps"])
-        extra["pretrain_acc"] = pre["final_acc"]
-        finetune_cfg = cfg.finetune or cfg.train
-        ckpt = paths.checkpoint("finetune")
-        ctx = _context(built)
-        ctx.total_steps = _total_steps(built, finetune_cfg)
-        pruner.setup(ctx)
-        if not ckpt.exists():
-            t0 = time.perf_counter()
-            with rep.task(f"prune: {cfg.method_settings.name}") as ctx.progress:
-                pruner.prune(ctx)
-            extra["prune_time"] = time.perf_counter() - t0
-            extra["pruned_acc"] = evaluate(built.model, built.test_loader)["acc"]
-            if is_main():
-                atomic_write_text(paths.prune, json.dumps(extra))
-        else:
-            extra.update(rundir.read_json(paths.prune))
-        summary = _fit(built, finetune_cfg, pruner, "finetune", run_dir, rep)
-        wall = pre["wall_time"] + extra.get("prune_time", 0.0) + summary["wall_time"]
-        add_sparse_phase(cost, pruner, summary["steps"], _flops_ratio(built))
-    elif schedule == "iterative":
-        paths.chain.path.mkdir(parents=True, exist_ok=True)
-        with _locked(paths.chain.path):  # runs sharing these IMP levels train each level once
-            summary, wall, extra = _run_levels(cfg, built, run_dir, rep)
-        cost = extra.pop("cost")
-    else:
-        ckpt = paths.checkpoint("train")
-        ctx = _context(built)
-        pruner.setup(ctx)
-        # "during" methods get on_init too: initial masks (e.g. an ERK start)
-        if not ckpt.exists():
-            t0 = time.perf_counter()
-            with rep.task(f"prune: {cfg.method_settings.name}" if schedule == "init" else "") as ctx.progress:
-                pruner.on_init(ctx)
-            extra["prune_time"] = time.perf_counter() - t0
-            if schedule == "init":  # before any training time is spent; a cut branch only warns
-                check_layer_collapse(built.model, pruner.masks, built.input_shape, raise_error="disconnected")
-            if is_main():
-                if pruner.search_history():
-                    atomic_write_text(paths.search, json.dumps(pruner.search_history()))
-                atomic_write_text(paths.prune, json.dumps(extra))
-        else:
-            extra.update(rundir.read_json(paths.prune))
-        summary = _fit(built, cfg.train, pruner, "train", run_dir, rep)
-        wall = extra.get("prune_time", 0.0) + summary["wall_time"]
-        cost.add(summary["steps"], _training_flops(built) or _flops_ratio(built))
-    if schedule != "none" and is_main():
-        pruner.masks.save(paths.masks)
+    out = built.lifecycle(Run(cfg, built, run_dir, rep))
+    if out.sparse and is_main():
+        built.pruner.masks.save(paths.masks)
     if cfg.output.save_model and is_main():
         with atomic_path(paths.model) as tmp:
             save_file({k: v.contiguous().cpu() for k, v in built.model.state_dict().items()}, str(tmp))
-    return _row(cfg, built, run_dir, status="finished", summary=summary, wall=wall, cost=cost), extra
+    return _row(cfg, built, run_dir, status="finished", summary=out.summary, wall=out.wall, cost=out.cost), out.extra
+
+
+@dataclass
+class Run:
+    """One run under way as its lifecycle (:mod:`prunekit.experiments.lifecycles`) sees it: the config, what
+    was built, the run directory, the reporter, and the runner's phase helpers."""
+
+    cfg: ExperimentConfig
+    built: Built
+    run_dir: Path
+    rep: Reporter
+
+    @property
+    def pruner(self):
+        return self.built.pruner
+
+    @cached_property
+    def store(self) -> ResultsStore:
+        return store_for(self.cfg)
+
+    def fit(self, train_cfg: TrainConfig, phase: str, directory: Path | None = None,
+            start_step: int = 0) -> dict[str, Any]:
+        """Train one phase with the method's hooks (checkpoints and metrics in ``directory``, default the run's)."""
+        return _fit(self.built, train_cfg, self.pruner, phase, directory or self.run_dir, self.rep, start_step)
+
+    def pretrain(self) -> dict[str, Any]:
+        return _pretrain(self.cfg, self.built, self.rep)
+
+    def context(self, train_cfg: TrainConfig) -> PruneContext:
+        """The pruning context of a phase trained with ``train_cfg``."""
+        ctx = _context(self.built)
+        ctx.total_steps = _total_steps(self.built, train_cfg)
+        return ctx
+
+    def flops_ratio(self) -> float:
+        return _flops_ratio(self.built)
+
+    def row(self, status: str, **fields: Any) -> ResultRow:
+        return _row(self.cfg, self.built, self.run_dir, status=status, **fields)
+
+    def locked(self, directory: Path):
+        return _locked(directory)
 
 
 def _start_at(trainer: Trainer, step: int) -> None:
@@ -320,100 +301,6 @@ def _start_at(trainer: Trainer, step: int) -> None:
         trainer.scheduler.step()
 
 
-def _state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _save_level(directory: Path, built: Built, summary: dict[str, Any], extra: dict[str, torch.Tensor] | None = None):
-    if not is_main():
-        return
-    level = LevelPaths(directory)
-    tensors = {f"model.{k}": v for k, v in built.model.state_dict().items()}
-    tensors.update({f"mask.{k}": v.to(torch.uint8) for k, v in built.pruner.masks.items()})
-    tensors.update({f"rewind.{k}": v for k, v in (extra or {}).items()})
-    with atomic_path(level.state) as tmp:
-        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    atomic_write_text(level.summary, json.dumps(summary))
-    for leftover in level.checkpoints():
-        leftover.unlink()
-
-
-def _load_level(directory: Path, built: Built) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    path = LevelPaths(directory).state
-    tensors = load_weights(path, built.device)
-    load_module_state(built.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, str(path))
-    built.pruner.masks.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("mask.")},
-                                       source=str(directory))
-    rewind = {k[7:]: v for k, v in tensors.items() if k.startswith("rewind.")}
-    return rundir.read_json(LevelPaths(directory).summary, fix=f"delete {directory} to recompute the level"), rewind
-
-
-def _run_levels(cfg: ExperimentConfig, built: Built, run_dir: Path, rep: Reporter) -> tuple[dict, float, dict]:
-    """IMP levels (open_lth ``lottery/runner.py``): level 0 trains the dense network with ``cfg.train``
-    (the shared pretraining unless weights rewind to a step k > 0, which level 0 must record); every
-    further level prunes (``pruner.prune_level``), rewinds the weights to step k (or keeps them:
-    ``rewind="lr"``) and retrains with ``cfg.train`` from step k. Levels are cached under
-    ``<root>/_imp/<hash>/`` keyed by their kept-count history, so runs that differ only in the final
-    sparsity share their common levels. Each level is a line of ``levels.jsonl`` in the run directory and,
-    except the last (the run's own row), a store row with status ``level``."""
-    pruner = built.pruner
-    k, mode = pruner.config.rewind_step, pruner.config.rewind
-    chain = RunPaths.of(cfg).chain
-    rewind = _state_copy(built.model)  # θ0
-    pruner.level = 0
-    if mode == "weights" and k > 0:
-        level0 = chain.level(0).path
-        if chain.level(0).summary.exists():
-            summary, rewind = _load_level(level0, built)
-        else:
-            level0.mkdir(parents=True, exist_ok=True)
-            summary = _fit(built, cfg.train, pruner, "train", level0, rep)
-            if pruner.rewind_state is None:
-                raise ConfigError(f"method.rewind_step={k} is past the end of training ({summary['steps']} steps)")
-            rewind = pruner.rewind_state
-            _save_level(level0, built, summary, rewind)
-    else:
-        summary = _pretrain(cfg, built, rep)
-    store, records, history, tag = store_for(cfg), [], [], "dense"
-    plan = pruner.plan()
-    cost = RunCost()
-    cost.add(summary["steps"])  # level 0: dense
-    for level in range(len(plan) + 1):
-        if level > 0:
-            history.append(plan[level - 1])
-            tag = settings_hash(history)
-            directory = chain.level(level, tag).path
-            pruner.level = level
-            if chain.level(level, tag).summary.exists():
-                summary, _ = _load_level(directory, built)
-                rep.message(f"  IMP level {level}/{len(plan)} (sparsity {pruner.masks.sparsity():.4f}): reusing {directory}")
-            else:
-                pruner.prune_level(level)
-                if mode == "weights":
-                    built.model.load_state_dict(rewind)
-                pruner.enforce()
-                directory.mkdir(parents=True, exist_ok=True)
-                rep.context = f"IMP level {level}/{len(plan)}, sparsity {pruner.masks.sparsity():.4f}"
-                try:
-                    summary = _fit(built, cfg.train, pruner, "train", directory, rep, start_step=k)
-                finally:
-                    rep.context = ""
-                _save_level(directory, built, summary)
-            cost.add(summary["steps"] - k, _flops_ratio(built))
-        records.append({"level": level, "sparsity": pruner.masks.sparsity(), "nnz": pruner.masks.nnz(),
-                        **{key: summary[key] for key in ("final_acc", "best_acc", "steps", "wall_time")},
-                        "total_wall_time": sum(r["wall_time"] for r in records) + summary["wall_time"]})
-        if is_main():
-            atomic_write_text(RunPaths.of(cfg).levels, "".join(json.dumps(r) + "\n" for r in records))
-        if level < len(plan) and is_main():
-            row = _row(cfg, built, run_dir, status="level", summary=summary, wall=records[-1]["total_wall_time"],
-                       cost=cost)
-            row = dataclasses.replace(row, run_id=f"imp-{chain.path.name}-L{level}-{tag}",
-                                      target_sparsity=row.achieved_sparsity)
-            store.record(row)
-    return summary, records[-1]["total_wall_time"], {"levels": len(plan), "cost": cost}
-
-
 def _flops_ratio(built: Built) -> float:
     """Forward FLOPs under the current masks relative to dense."""
     return mask_flops_ratio(built.model, built.input_shape, built.pruner.masks, built.device)
@@ -422,8 +309,7 @@ def _flops_ratio(built: Built) -> float:
 def _training_flops(built: Built) -> float | None:
     """Training FLOPs relative to dense for methods that change masks while training (RigL/GraNet
     convention); None for the others."""
-    ratio = getattr(built.pruner, "training_flops_ratio", None)
-    return ratio(built.input_shape) if callable(ratio) else None
+    return built.pruner.training_flops_ratio(built.input_shape)
 
 
 def run_id(cfg: ExperimentConfig) -> str:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import inspect
 import multiprocessing as mp
 import os
 import queue
@@ -35,11 +34,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 from ..errors import ConfigError, PrunekitError
-from ..methods import MethodConfig
+from ..methods import method_schedule
 from .config import ExperimentConfig, build_config, parse_overrides, pretrain_hash
 from .layout import OutputRoot, RunPaths
 from .recipes import expand_grid, load_recipe
@@ -113,21 +111,6 @@ def expand(tree: dict[str, Any], overrides: list[str] = ()) -> list[ExperimentCo
             seen.add(key)
             configs.append(cfg)
     return configs
-
-
-def method_schedule(method: MethodConfig | dict[str, Any]) -> str:
-    """When a method prunes (``Pruner.schedule``: none/init/during/after/iterative), without a model;
-    ``method``: validated settings (``cfg.method_settings``) or a method section.
-
-    ``schedule`` is a class attribute, or a property of the settings (magnitude's ``when``)."""
-    from ..methods import METHODS, method_config
-
-    settings = method if isinstance(method, MethodConfig) else method_config(method)
-    cls = METHODS.get(settings.name)
-    attr = inspect.getattr_static(cls, "schedule")
-    if isinstance(attr, property):
-        return attr.fget(SimpleNamespace(config=settings))
-    return attr
 
 
 def _without_unused_sparsity(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -18,7 +18,8 @@ from .config import ExperimentConfig, build_config, model_kwargs, pretrain_hash
 from .layout import RunPaths
 from .runner import store_for
 from .store import ResultsStore
-from .sweep import method_schedule, run_status
+from ..methods import method_schedule
+from .sweep import run_status
 
 
 @dataclass
@@ -109,7 +110,7 @@ class _Models:
         model = self.model(cfg)[0]
         if model is None:
             return 1
-        return len(METHODS.get(cfg.method_settings.name)(model, cfg.method_settings).plan())
+        return METHODS.get(cfg.method_settings.name)(model, cfg.method_settings).levels()
 
 
 def _levels(models: _Models, cfg: ExperimentConfig) -> int:

@@ -10,7 +10,7 @@ from . import imp  # noqa: F401  (registers imp)
 from . import dst, gmp  # noqa: F401  (registers set, rigl; gmp, granet, granet_uniform)
 from . import structured  # noqa: F401  (registers structured)
 from .base import MethodConfig, PruneContext, Pruner
-from .registry import METHODS, MethodSettings, create, method_config, method_section
+from .registry import METHODS, MethodSettings, create, method_config, method_schedule, method_section
 
 __all__ = ["METHODS", "MethodConfig", "MethodSettings", "PruneContext", "Pruner", "create", "method_config",
-           "method_section"]
+           "method_schedule", "method_section"]

@@ -131,10 +131,12 @@ class PruneContext:
 class Pruner:
     """Base class of every method. ``Config`` is its pydantic settings model.
 
-    ``schedule`` (a class attribute; a property where a setting decides) says when the experiment
-    runner prunes: ``"init"`` (before training), ``"after"`` (after dense pretraining, then
-    fine-tune), ``"during"`` (the hooks do it while training), ``"iterative"`` (IMP levels) or
-    ``"none"`` (dense).
+    ``schedule`` says when the experiment runner prunes, and so which lifecycle
+    (:mod:`prunekit.experiments.lifecycles`) runs the method: ``"init"`` (before training), ``"after"``
+    (after dense pretraining, then fine-tune), ``"during"`` (the hooks do it while training),
+    ``"iterative"`` (IMP levels) or ``"none"`` (dense). A method declares it as a class attribute, or
+    overrides :meth:`schedule_for` where a setting decides (magnitude's ``when``); an instance's
+    ``schedule`` is :meth:`schedule_for` of its settings.
     """
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig
@@ -148,13 +150,25 @@ class Pruner:
         self.masks = MaskSet.from_model(model, config.targets)
         self.optimizer_state = check_policy(config.optimizer_state or self.default_optimizer_state)
         self.optimizer: torch.optim.Optimizer | None = None
+        self.schedule = self.schedule_for(config)
 
     def io_for(self, ctx: "PruneContext | None") -> ModelIO:
         """The output rule and loss of this call: the context's, else those given to ``create``."""
         return self.io if ctx is None else self.io.merged(ctx.output_fn, ctx.loss_fn)
 
     # --- scheduling ----------------------------------------------------------------------------
-    schedule: ClassVar[str] = "during"  # a property where a setting decides (magnitude)
+    schedule: str = "during"
+
+    @classmethod
+    def schedule_for(cls, config: MethodConfig) -> str:
+        """When a run of this method with ``config`` prunes, without a model: the declared ``schedule``."""
+        return cls.schedule
+
+    def training_flops_ratio(self, input_shape: tuple[int, ...] | None = None) -> float | None:
+        """Training FLOPs of the steps run so far relative to dense training, for methods that change their
+        masks while training and count it step by step (RigL/GraNet convention); None: the others (their
+        cost follows from the final masks)."""
+        return None
 
     # --- hooks (no-ops unless a method needs them) ----------------------------------------------
     def setup(self, ctx: PruneContext) -> None:

@@ -21,7 +21,7 @@ from .base import ALLOCATION_HELP, STRUCTURE_HELP, Allocation, MethodConfig, Pru
 from .registry import METHODS
 
 
-@METHODS.register("dense", family="baseline", when="none")
+@METHODS.register("dense", family="baseline")
 class Dense(Pruner):
     """No pruning: masks stay all-ones."""
 
@@ -52,7 +52,7 @@ class RandomConfig(MethodConfig):
         return self
 
 
-@METHODS.register("random", family="pai", when="init")
+@METHODS.register("random", family="pai")
 class RandomPruning(Pruner):
     """Random masks at initialization with per-layer budgets (uniform, ERK or ER)."""
 
@@ -92,7 +92,7 @@ class MagnitudeConfig(MethodConfig):
                                            "pretraining followed by fine-tuning (OMP)")
 
 
-@METHODS.register("magnitude", family="post-training", when="after")
+@METHODS.register("magnitude", family="post-training")
 class MagnitudePruning(Pruner):
     """Keep the largest-magnitude weights; ``when="after"`` + fine-tune is OMP."""
 
@@ -100,9 +100,9 @@ class MagnitudePruning(Pruner):
     name = "magnitude"
     config: MagnitudeConfig
 
-    @property
-    def schedule(self) -> str:
-        return self.config.when
+    @classmethod
+    def schedule_for(cls, config: MagnitudeConfig) -> str:
+        return config.when
 
     def on_init(self, ctx: PruneContext | None = None) -> None:
         if self.config.when == "init":

@@ -104,7 +104,7 @@ class _Stream:
         return next(self._it)
 
 
-@METHODS.register("bip", family="post-training", when="after")
+@METHODS.register("bip", family="post-training")
 class BiP(Pruner):
     """BiP (see the module docstring). ``prune(ctx)`` initialises the scores from the pretrained weights
     and sets the starting mask (the OMP mask); the runner's following phase calls :meth:`train_step`,

@@ -198,7 +198,7 @@ def _search(model, names, zeros, input_shape, scores, alpha, beta, lr, steps, ch
                         transposed=tuple(transposed), alpha=alpha, beta=beta)
 
 
-@METHODS.register("dpai", family="pai", when="init")
+@METHODS.register("dpai", family="pai")
 class DPaI(KeepsLayersDense, InitPruner):
     """DPaI mask search at initialization (no data, no weights); see the module docstring."""
 

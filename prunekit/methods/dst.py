@@ -360,7 +360,7 @@ class _FixedDensity(SparseTraining):
         self._record_change(step, dense_grad=self.grows_by_gradient, after=counts)
 
 
-@METHODS.register("set", family="dst", when="during")
+@METHODS.register("set", family="dst")
 class SET(_FixedDensity):
     """SET: magnitude drop, random regrowth (RigL's ``SparseSETOptimizer``), ERK start."""
 
@@ -368,7 +368,7 @@ class SET(_FixedDensity):
     name = "set"
 
 
-@METHODS.register("rigl", family="dst", when="during")
+@METHODS.register("rigl", family="dst")
 class RigL(_FixedDensity):
     """RigL: SET with regrowth by the dense gradient (cosine drop fraction, ERK start)."""
 

@@ -162,7 +162,7 @@ class Gradual(SparseTraining):
             m.copy_(new[n])
 
 
-@METHODS.register("gmp", family="dst", when="during")
+@METHODS.register("gmp", family="dst")
 class GMP(Gradual):
     """Gradual magnitude pruning (Zhu & Gupta 2017) from a dense start, as GraNet's ``--method GMP``
     (global) / ``GMP_uniform`` (``allocation: uniform``)."""
@@ -208,7 +208,7 @@ class GraNetUniformConfig(GraNetConfig):
     allocation: Allocation = Field("uniform", description=ALLOCATION_HELP)
 
 
-@METHODS.register("granet", family="dst", when="during")
+@METHODS.register("granet", family="dst")
 class GraNet(Gradual):
     """GraNet: gradual global magnitude pruning + zero-cost neuroregeneration (gradient growth)."""
 
@@ -256,7 +256,7 @@ class GraNet(Gradual):
         return super().grow_scores(name, p, step, rng)
 
 
-@METHODS.register("granet_uniform", family="dst", when="during")
+@METHODS.register("granet_uniform", family="dst")
 class GraNetUniform(GraNet):
     """GraNet with layer-wise uniform pruning (``--method GraNet_uniform``)."""
 

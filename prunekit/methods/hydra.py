@@ -236,7 +236,7 @@ class HydraConfig(ScoreConfig):
                              "scores (the reference)")
 
 
-@METHODS.register("hydra", family="post-training", when="after")
+@METHODS.register("hydra", family="post-training")
 class Hydra(Pruner):
     """HYDRA: learn scores with the weights frozen (straight-through top-k), then fine-tune.
 

@@ -12,9 +12,10 @@ Level 0 trains the dense network; every later level removes ``prune_fraction`` o
 (``ceil(fraction · remaining)``, the smallest |w| among survivors: masks are nested), then either rewinds the
 surviving weights to step ``rewind_step`` of level 0 (``rewind="weights"``; 0 = the initialization) or
 keeps them (``rewind="lr"``), and retrains with the training recipe from step ``rewind_step`` with a fresh
-optimizer. The last level is clipped to exactly ``sparsity``. The runner's ``"iterative"`` schedule
-drives the levels and records each one. ``structure="filter"|"channel"`` prunes whole units per layer by
-the L2 norm of their weights (linear layers dense), the structured IMP baseline.
+optimizer. The last level is clipped to exactly ``sparsity``. The experiments' ``"iterative"`` lifecycle
+drives the levels through the level-chain methods of :class:`IMP` and records each one.
+``structure="filter"|"channel"`` prunes whole units per layer by the L2 norm of their weights (linear
+layers dense), the structured IMP baseline.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ class ImpConfig(ScoreConfig):
         return v
 
 
-@METHODS.register("imp", family="post-training", when="iterative")
+@METHODS.register("imp", family="post-training")
 class IMP(Pruner):
     """Iterative magnitude pruning; ``prune(ctx)`` alone prunes straight to the target (all remaining
     levels without training in between collapse into one magnitude prune), :meth:`prune_level` does one
@@ -139,6 +140,43 @@ class IMP(Pruner):
     def record_rewind_point(self) -> None:
         """Remember the model's current state as the rewind point."""
         self.rewind_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    # --- the level chain (what the experiments' "iterative" lifecycle drives) -------------------
+    def levels(self) -> int:
+        """How many levels follow the dense level 0."""
+        return len(self.plan())
+
+    @property
+    def trains_own_level0(self) -> bool:
+        """Whether level 0 is a dense training of this chain's own, which records the rewind point at step
+        ``rewind_step`` > 0, rather than the shared dense pretraining (rewinding to the initialization or
+        learning-rate rewinding)."""
+        return self.config.rewind == "weights" and self.config.rewind_step > 0
+
+    @property
+    def retrain_from(self) -> int:
+        """The step of the training schedule at which every level after 0 starts (``rewind_step``)."""
+        return self.config.rewind_step
+
+    def level0_rewind_point(self, steps_trained: int) -> dict[str, Tensor]:
+        """The state recorded by this chain's own level 0 (:attr:`trains_own_level0`) of ``steps_trained``
+        steps; refused when ``rewind_step`` lies past its end."""
+        if self.rewind_state is None:
+            raise ConfigError(f"method.rewind_step={self.config.rewind_step} is past the end of training "
+                              f"({steps_trained} steps)")
+        return self.rewind_state
+
+    def next_level(self, level: int, rewind: dict[str, Tensor]) -> None:
+        """Level ``level`` (1-based): prune from the current weights and masks, then rewind the survivors to
+        ``rewind`` (``rewind="weights"``: the level-0 state at ``rewind_step``) or keep them (``"lr"``)."""
+        self.prune_level(level)
+        if self.config.rewind == "weights":
+            self.model.load_state_dict(rewind)
+        self.enforce()
+
+    def reached_level(self, level: int) -> None:
+        """Level ``level`` was restored from a saved copy (weights and masks loaded by the caller)."""
+        self.level = level
 
     # --- rewinding -----------------------------------------------------------------------------
     def after_optimizer_step(self, step: int) -> None:

@@ -241,7 +241,7 @@ class _LayerwisePruner(Pruner):
         self.rounds_done = int(state.get("rounds_done", 0))
 
 
-@METHODS.register("mp", family="post-training", when="after")
+@METHODS.register("mp", family="post-training")
 class MP(_LayerwisePruner):
     """Layer-wise magnitude pruning with LAP's per-layer rates (reference ``method/prune.py: MP``)."""
 
@@ -256,7 +256,7 @@ class RPConfig(LayerRatesConfig):
                              "pruner is built")
 
 
-@METHODS.register("rp", family="post-training", when="after")
+@METHODS.register("rp", family="post-training")
 class RP(_LayerwisePruner):
     """Random pruning with LAP's per-layer budgets (reference ``method/prune.py: RP``: |N(0,1)| scores)."""
 
@@ -334,7 +334,7 @@ def build_scorer(pruner: Pruner, ctx: PruneContext | None) -> scoring.LookaheadS
                                    groups, transposed)
 
 
-@METHODS.register("lap", family="post-training", when="after")
+@METHODS.register("lap", family="post-training")
 class LAP(_LayerwisePruner):
     """Lookahead pruning (reference ``method/laprune.py: LAP``). ``mode="base"`` scores every layer from
     the same weights; ``forward`` / ``backward`` prune layer by layer (first-to-last / last-to-first), each
@@ -366,7 +366,7 @@ def _variant(name: str, doc: str, **defaults: Any) -> type[LAP]:
     fields = {k: (LAPConfig.model_fields[k].annotation, Field(v, description=_help(k))) for k, v in defaults.items()}
     config = create_model(f"{name}_config", __base__=LAPConfig, **fields)
     cls = type(name.title().replace("_", ""), (LAP,), {"Config": config, "name": name, "__doc__": doc})
-    return METHODS.register(name, family="post-training", when="after")(cls)
+    return METHODS.register(name, family="post-training")(cls)
 
 
 LAPBN = _variant("lap_bn", "LAP with BatchNorm factors γ/√(running_var + 1e-10) (paper Eq. 8).", bn=True)
@@ -386,7 +386,7 @@ class OBDConfig(LayerRatesConfig):
     seed: int | None = Field(None, description="the samples of hessian='mc'; None: the global RNG")
 
 
-@METHODS.register("obd", family="post-training", when="after")
+@METHODS.register("obd", family="post-training")
 class OBD(_LayerwisePruner):
     """Optimal Brain Damage (LeCun et al., NeurIPS 1990) as LAP's data-dependent baseline (reference
     ``method/obd.py``): score ``h · w² / 2`` with h the Hessian diagonal of the training loss
@@ -472,7 +472,7 @@ class _GlobalPruner(Pruner):
         return self.masks
 
 
-@METHODS.register("mp_global", family="post-training", when="after")
+@METHODS.register("mp_global", family="post-training")
 class MPGlobal(_GlobalPruner):
     """Global magnitude pruning on |w| normalized per layer (reference ``mp_global_normalize``)."""
 
@@ -489,7 +489,7 @@ class LAPGlobalConfig(GlobalConfig):
     activation_samples: int | None = Field(None, ge=1, description=_help("activation_samples"))
 
 
-@METHODS.register("lap_global", family="post-training", when="after")
+@METHODS.register("lap_global", family="post-training")
 class LAPGlobal(_GlobalPruner):
     """Global LAP (reference ``lap_global_normalize``): the *squared* LAP scores of each layer divided by
     their Frobenius norm, one threshold (so layers are compared by L / ||L||_4, a reference quirk)."""

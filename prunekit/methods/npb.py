@@ -105,7 +105,7 @@ def chunk_budgets(keep: int, widths: list[int], per_unit: int) -> list[int]:
     return out
 
 
-@METHODS.register("npb", family="pai", when="init")
+@METHODS.register("npb", family="pai")
 class NPB(KeepsLayersDense, DataFreePruner):
     """NPB masks at initialization (layer-by-layer node-path balancing); see the module docstring.
     After ``prune()``, ``layers`` holds per layer its role, budget, ``max_p``, chunks and objective."""

@@ -144,7 +144,7 @@ def _scoring_samples(model, ctx: PruneContext, cfg: DataPaIConfig, what: str):
     return take_samples(itertools.chain([first], it), n, model_device(model), what)
 
 
-@METHODS.register("snip", family="pai", when="init")
+@METHODS.register("snip", family="pai")
 class SNIP(ScorePaI):
     """SNIP: keep the largest ``|w * dL/dw|`` (global by default), scored once on the first samples."""
 
@@ -176,7 +176,7 @@ class GraSPConfig(DataPaIConfig):
         "(same product up to float rounding, ~25 % cheaper); autograd: PyTorch's, the reference's arithmetic")
 
 
-@METHODS.register("grasp", family="pai", when="init")
+@METHODS.register("grasp", family="pai")
 class GraSP(SNIP):
     """GraSP: keep the largest ``(Hg) * w`` (Synaptic-Flow's sign convention; see prunekit.scoring)."""
 
@@ -203,7 +203,7 @@ class SynFlowConfig(PaIConfig):
                                     "(batch-1 rounds are too small to share)")
 
 
-@METHODS.register("synflow", family="pai", when="init")
+@METHODS.register("synflow", family="pai")
 class SynFlow(ScorePaI):
     """SynFlow: ``rounds`` (100) data-free rounds of ``|w * dR/dw|`` on the linearised network, global
     top-k with the exponential schedule. The rounds run on a flat copy of the weights (see
@@ -253,7 +253,7 @@ class IterSNIPConfig(PaIConfig):
                              "train mode)")
 
 
-@METHODS.register("iter_snip", family="pai", when="init")
+@METHODS.register("iter_snip", family="pai")
 class IterSNIP(ScorePaI):
     """Iterative SNIP (FORCE code, ``prune_method=1``): ``rounds`` SNIP rounds on the masked network,
     each on the next ``batches_per_round`` batches, global top-k on the exponential schedule; removed
@@ -288,7 +288,7 @@ class ProsPrConfig(PaIConfig):
     train_mode: bool = Field(True, description="score in train mode (the reference prunes a copy in train mode)")
 
 
-@METHODS.register("prospr", family="pai", when="init")
+@METHODS.register("prospr", family="pai")
 class ProsPr(ScorePaI):
     """ProsPr: keep the largest ``|dL(w_M)/dc|`` after M differentiable SGD steps (global top-k, one shot)."""
 

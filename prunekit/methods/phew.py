@@ -38,7 +38,7 @@ class PHEWConfig(DataFreeConfig):
         "main branch: one layer early (the reference's phew_masks) or at the block input")
 
 
-@METHODS.register("phew", family="pai", when="init")
+@METHODS.register("phew", family="pai")
 class PHEW(KeepsLayersDense, DataFreePruner):
     """PHEW masks at initialization (no data); exact global budget ``int(s * N)`` weights removed."""
 

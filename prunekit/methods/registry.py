@@ -48,6 +48,13 @@ def _section_schema(_type: Any, handler: GetCoreSchemaHandler) -> core_schema.Co
 MethodSettings = Annotated[MethodConfig, GetPydanticSchema(_section_schema)]
 
 
+def method_schedule(settings: dict[str, Any] | MethodConfig) -> str:
+    """When the method of ``settings`` prunes (its lifecycle: none/init/during/after/iterative), from the
+    validated settings, without a model: :meth:`Pruner.schedule_for`."""
+    config = settings if isinstance(settings, MethodConfig) else method_config(settings)
+    return METHODS.get(config.name).schedule_for(config)
+
+
 def create(name: str, model: nn.Module, *, loss_fn: LossFn | None = None, output_fn: OutputFn | None = None,
            **settings: Any) -> Pruner:
     """Build a pruner for ``model``: ``prunekit.create("magnitude", model, sparsity=0.9)``.

@@ -96,7 +96,7 @@ def rounded_keep(n: int, keep: int, round_to: int) -> int:
     return max(1, min(n, keep))
 
 
-@METHODS.register("structured", family="structured", when="after", unit="channel")
+@METHODS.register("structured", family="structured", unit="channel")
 class StructuredPruner(Pruner):
     """Dependency-aware channel pruning (module docstring); call :meth:`prune` (or ``on_init`` with
     ``when="init"``), fine-tune with the usual hooks, export with ``prunekit.export.compact_model``."""
@@ -111,7 +111,10 @@ class StructuredPruner(Pruner):
         self.side_masks: dict[str, Tensor] = {}  # biases and BN scale/shift of removed channels
 
     # like magnitude pruning: ``when`` picks pruning at initialization or after pretraining
-    schedule = MagnitudePruning.schedule
+    @classmethod
+    def schedule_for(cls, config: StructuredConfig) -> str:
+        return config.when
+
     on_init = MagnitudePruning.on_init
 
     def _add_packed_projections(self) -> None:
