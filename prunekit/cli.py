@@ -5,29 +5,13 @@ User mistakes print one line (``prunekit: error: ...``) and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Sequence
 
 import yaml
 
+from .commands._console import make_console, method_label
 from .errors import ConfigError, PrunekitError
-
-
-def _console(quiet: bool = False):
-    from rich.console import Console
-
-    return Console(quiet=quiet, highlight=False, width=max(120, Console().width))
-
-
-def method_label(row: dict) -> str:
-    """``magnitude (when=after, allocation=uniform)`` from a result row's stored method settings."""
-    cfg = row.get("config")
-    if isinstance(cfg, str):
-        cfg = json.loads(cfg)
-    settings = (cfg or {}).get("method", {})
-    extra = [f"{k}={v}" for k, v in settings.items() if k not in ("name", "sparsity")]
-    return f"{row['method']} ({', '.join(extra)})" if extra else str(row["method"])
 
 
 def results_table(rows: list[dict], title: str = "results", context: bool | Sequence[str] = True,
@@ -71,7 +55,7 @@ def cmd_run(args) -> int:
     run_failures = (NumericError, LayerCollapseError, MaskDivergenceError)  # stored as 'failed' rows
 
     configs = configs_from_recipe(args.recipe, args.overrides)  # every run validated before any starts
-    console = _console()
+    console = make_console()
     reporter = Reporter() if args.quiet else RichReporter(console, verbose=args.verbose)
     rows, failed = [], 0
     for i, cfg in enumerate(configs, 1):

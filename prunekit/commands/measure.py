@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 def cmd_measure(args) -> int:
     from ..report.latency import measure_latency
-    from ..report.measure import count_flops, count_params
+    from ..sparsity.measure import count_flops, count_params
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -2,6 +2,8 @@
 from the results store (see :mod:`prunekit.report.build`)."""
 from __future__ import annotations
 
+from ._console import make_console
+
 FORMATS = ("md", "csv", "tex")
 
 
@@ -81,7 +83,6 @@ def _report_run(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from ..cli import _console
     from ..errors import ConfigError
     from ..experiments import ResultsStore
     from ..experiments.paths import check_output_dir
@@ -103,7 +104,7 @@ def cmd_report(args) -> int:
     files = write_report(rows, out, metric=args.metric, formats=formats, html=not args.no_html,
                          figures=not args.no_plots, subtitle=f"{len(rows)} stored runs from {store.path}",
                          style=args.style)
-    console = _console()
+    console = make_console()
     for table in to_rich(files.sections):
         console.print(table)
     print(f"report of {len(rows)} runs in {len(files.sections)} section(s) written to {out}/:")

@@ -1,6 +1,8 @@
 """``prunekit sweep SWEEP.yaml``: run a grid of experiments (see :mod:`prunekit.experiments.sweep`)."""
 from __future__ import annotations
 
+from ._console import make_console, method_label
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("sweep", help="run a grid of runs (methods x sparsities x seeds x ...), N workers, "
@@ -33,8 +35,6 @@ def _fmt_flops(f: float | None) -> str:
 
 
 def _label(cfg) -> str:
-    from ..cli import method_label
-
     return method_label({"method": cfg.method["name"], "config": {"method": cfg.method}})
 
 
@@ -73,7 +73,6 @@ def dry_run(sweep, workers: int, console) -> int:
 def cmd_sweep(args) -> int:
     import time
 
-    from ..cli import _console
     from ..experiments.progress import Reporter
     from ..report.tables import aggregate, to_rich
     from ..experiments.sweep import load_sweep, run_sweep, store_paths
@@ -84,7 +83,7 @@ def cmd_sweep(args) -> int:
         from ..errors import ConfigError
 
         raise ConfigError(f"--workers={workers}: allowed: an integer in [1, 1024]")
-    console = _console()
+    console = make_console()
     if args.dry_run:
         return dry_run(sweep, workers, console)
     total = len(sweep.configs)

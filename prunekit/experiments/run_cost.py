@@ -35,7 +35,7 @@ class RunCost:
 
 def mask_flops_ratio(model, input_shape, masks, device) -> float:
     """Forward FLOPs under ``masks`` relative to dense (1.0 without masks)."""
-    from ..report.measure import count_flops
+    from ..sparsity.measure import count_flops
 
     if masks is None:
         return 1.0

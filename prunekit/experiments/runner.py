@@ -35,7 +35,7 @@ from ..diagnostics import check_layer_collapse
 from ..distributed import MaskDivergenceError, barrier, init_from_env, is_main, shard_loader, sync_state
 from ..errors import ConfigError, LayerCollapseError, NumericError, PrunekitError
 from ..methods import METHODS, PruneContext, method_config
-from ..report.measure import count_flops, count_params
+from ..sparsity.measure import count_flops, count_params
 from ..train import Trainer, TrainConfig, evaluate
 from ..train.checkpoint import load_module_state, load_weights
 from ..train.cuda_graph import device_refusal as graph_device_refusal

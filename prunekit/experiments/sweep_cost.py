@@ -90,7 +90,7 @@ class _Models:
     def _build(cfg: ExperimentConfig):
         from .. import models as pkmodels
         from ..data import get_spec
-        from ..report.measure import count_flops
+        from ..sparsity.measure import count_flops
 
         spec = get_spec(cfg.data.name)
         try:

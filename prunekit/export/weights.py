@@ -23,7 +23,7 @@ FORMAT = "prunekit.pruned"
 
 
 def sparsity_report(model: nn.Module, masks: Mapping[str, Tensor] | None) -> dict:
-    from ..report.measure import count_params
+    from ..sparsity.measure import count_params
 
     report: dict = {"params": count_params(model, masks)}
     if masks:

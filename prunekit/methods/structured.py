@@ -28,7 +28,7 @@ from pydantic import field_validator
 from torch import Tensor, nn
 
 from ..errors import ConfigError, MaskError, ModelError
-from ..export.graph import CONSUMER, DEPTHWISE, NORM, PRODUCER, ChannelGather, ChannelGraph, clear_entries_, member_entries
+from ..structure.graph import CONSUMER, DEPTHWISE, NORM, PRODUCER, ChannelGather, ChannelGraph, clear_entries_, member_entries
 from ..modelio import batch_to, slice_batch
 from ..sparsity import MaskSet, num_keep, topk_mask
 from .base import MethodConfig, PruneContext, Pruner
@@ -108,7 +108,7 @@ class StructuredPruner(Pruner):
     def _add_packed_projections(self) -> None:
         """Also mask Hugging Face ``Conv1D`` weights and ``nn.MultiheadAttention.in_proj_weight`` (they
         hold GPT-2's and MHA's heads) when the targets policy covers linear layers but not them."""
-        from ..export.heads import conv1d_type
+        from ..structure.heads import conv1d_type
         from ..sparsity.targets import resolve_targets
 
         targets = resolve_targets(self.config.targets)
@@ -215,7 +215,7 @@ class StructuredPruner(Pruner):
         """Masks from per-weight ``scores`` (``{weight name: tensor}``, e.g. a HYDRA/BiP pruner's
         ``dict(zip(bank.names, bank.scores_v))``), aggregated per channel (per head in attention) and
         chosen per group. Raises :class:`ModelError` when nothing can be removed."""
-        from ..export.heads import check_mha_prunable, find_attention, unit_scores
+        from ..structure.heads import check_mha_prunable, find_attention, unit_scores
 
         for a in find_attention(self.model):  # (before tracing: such layouts can break the tracer)
             check_mha_prunable(a)  # an MHA layout whose heads cannot be removed exactly: refuse, never skip

@@ -1,6 +1,7 @@
-"""Pure tensor logic of sparsity: masks, targets, allocation, selection, schedules, units."""
+"""Pure tensor logic of sparsity: masks, targets, allocation, selection, schedules, units, parameter/FLOP counts."""
 from .allocate import achieved_sparsity, allocate, custom, er, erk, uniform
 from .masks import MaskSet
+from .measure import count_flops, count_params
 from .optim_state import POLICIES as OPTIMIZER_STATE_POLICIES
 from .optim_state import mask_optimizer_state_, reset_optimizer_state_
 from .schedules import CosineDecay, CubicSchedule, OneShot, geometric_sparsity, lap_layer_sparsity, lap_remaining
