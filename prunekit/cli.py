@@ -5,13 +5,28 @@ User mistakes print one line (``prunekit: error: ...``) and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
+import threading
 from typing import Sequence
 
 import yaml
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
+from . import data, models
+from .commands import register_all
 from .commands._console import make_console, method_label
-from .errors import ConfigError, PrunekitError
+from .distributed import MaskDivergenceError
+from .errors import ConfigError, LayerCollapseError, NumericError, PrunekitError
+from .experiments import ResultsStore, configs_from_recipe, recipe_names, run_experiment, store_for
+from .experiments.progress import Reporter, RichReporter
+from .experiments.runner import run_id
+from .methods import METHODS
+from .methods.registry import method_settings
+from .report.groups import labels, series_key, settings
 
 
 def results_table(rows: list[dict], title: str = "results", context: bool | Sequence[str] = True,
@@ -19,8 +34,6 @@ def results_table(rows: list[dict], title: str = "results", context: bool | Sequ
     """A rich table of result rows; ``context``: the recipe/model/dataset columns to show (``True``: all,
     ``False``: none, given in the title); ``labels``: ``{run_id: label}`` instead of :func:`method_label`.
     Numbers never wrap; text folds onto a second line rather than being cut."""
-    from rich.table import Table
-
     table = Table(title=title)
     shown = ["recipe", "model", "dataset"] if context is True else list(context or [])
     columns = shown + ["method", "seed", "sparsity", "final %", "best %", "time s", "status"]
@@ -46,12 +59,6 @@ def results_table(rows: list[dict], title: str = "results", context: bool | Sequ
 
 
 def cmd_run(args) -> int:
-    from .distributed import MaskDivergenceError
-    from .errors import LayerCollapseError, NumericError
-    from .experiments import configs_from_recipe, run_experiment, store_for
-    from .experiments.runner import run_id
-    from .experiments.progress import Reporter, RichReporter
-
     run_failures = (NumericError, LayerCollapseError, MaskDivergenceError)  # stored as 'failed' rows
 
     configs = configs_from_recipe(args.recipe, args.overrides)  # every run validated before any starts
@@ -83,8 +90,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .experiments import configs_from_recipe
-
     configs = configs_from_recipe(args.recipe, args.overrides)
     docs = [c.model_dump(mode="json") for c in configs]
     sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
@@ -92,15 +97,9 @@ def cmd_show(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from . import data, models
-    from .experiments import recipe_names
-    from .methods import METHODS
-
     if args.name and "=" in args.name:  # `list` takes no key=value overrides
         raise ConfigError(f"unrecognized arguments: {args.name}")
     if args.kind == "methods" and args.name:
-        from .methods.registry import method_settings
-
         cls = METHODS.get(args.name)
         doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         print(f"{args.name}: {doc}")
@@ -122,17 +121,11 @@ def cmd_list(args) -> int:
 
 
 def cmd_results(args) -> int:
-    from .experiments import ResultsStore
-
     store = ResultsStore(args.store)
     rows = store.rows("recipe = ?", (args.recipe,)) if args.recipe else store.rows()
     if not rows:
         print(f"no results in {store.path}")
         return 0
-    from rich import box
-    from rich.console import Console
-
-    from .report.groups import labels, series_key, settings
 
     # fit the terminal: model/dataset columns that are the same for every row go to the title, labels name
     # only what differs
@@ -175,7 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--store", default="runs/results.sqlite")
     res.add_argument("--recipe", default=None)
     res.set_defaults(func=cmd_results)
-    from .commands import register_all
 
     register_all(sub)
     return p
@@ -205,10 +197,6 @@ def _terminate(signum, frame):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import errno
-    import signal
-    import threading
-
     args = parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None

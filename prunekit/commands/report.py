@@ -2,6 +2,13 @@
 from the results store (see :mod:`prunekit.report.build`)."""
 from __future__ import annotations
 
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..experiments import ResultsStore
+from ..experiments.paths import check_output_dir
+from ..experiments.rundir import read_json, read_jsonl
+from ..report.tables import to_rich
 from ._console import make_console
 
 FORMATS = ("md", "csv", "tex")
@@ -29,8 +36,6 @@ def register(subparsers) -> None:
 
 
 def _formats(text: str) -> tuple[str, ...]:
-    from ..errors import ConfigError
-
     items = tuple(f.strip() for f in text.split(",") if f.strip())
     bad = [f for f in items if f not in FORMATS]
     if bad:
@@ -48,8 +53,6 @@ def _select(rows, args):
 
 def _check_run_files(run_dir) -> None:
     """The files the plots read, validated (a damaged one is an error naming it, not a silently empty plot)."""
-    from ..experiments.rundir import read_json, read_jsonl
-
     fix = "rerun the run with --force to rewrite it"
     if (run_dir / "masks.json").exists():
         read_json(run_dir / "masks.json", fix=fix)
@@ -58,11 +61,7 @@ def _check_run_files(run_dir) -> None:
 
 
 def _report_run(args) -> int:
-    from pathlib import Path
-
-    from ..errors import ConfigError
-    from ..experiments.paths import check_output_dir
-    from ..report import plots
+    from ..report import plots  # deferred: matplotlib, not needed at CLI start
 
     run_dir = Path(args.run)
     if not (run_dir / "config.yaml").is_file():
@@ -81,13 +80,7 @@ def _report_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from pathlib import Path
-
-    from ..errors import ConfigError
-    from ..experiments import ResultsStore
-    from ..experiments.paths import check_output_dir
-    from ..report.build import write_report
-    from ..report.tables import to_rich
+    from ..report.build import write_report  # deferred: matplotlib, not needed at CLI start
 
     formats = _formats(args.formats)
     if args.run:

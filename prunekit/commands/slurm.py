@@ -1,6 +1,10 @@
 """``prunekit slurm SWEEP``: send a sweep's runs to SLURM as submitit jobs (see :mod:`prunekit.experiments.slurm`)."""
 from __future__ import annotations
 
+from ..errors import ConfigError
+from ..experiments.paths import check_output_dir
+from ..experiments.slurm import submit_sweep
+from ..experiments.sweep import load_sweep
 from ._args import THREADS, int_in
 from ._console import make_console
 
@@ -26,8 +30,6 @@ def register(subparsers) -> None:
 
 
 def _slurm_settings(items: list[str]) -> dict[str, str]:
-    from ..errors import ConfigError
-
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -38,10 +40,6 @@ def _slurm_settings(items: list[str]) -> dict[str, str]:
 
 
 def cmd_slurm(args) -> int:
-    from ..experiments.slurm import submit_sweep
-    from ..experiments.sweep import load_sweep
-
-    from ..experiments.paths import check_output_dir
 
     check_output_dir(args.folder, "--folder")
     sweep = load_sweep(args.sweep, args.overrides)  # every run validated before anything is submitted

@@ -1,6 +1,15 @@
 """``prunekit sweep SWEEP.yaml``: run a grid of experiments (see :mod:`prunekit.experiments.sweep`)."""
 from __future__ import annotations
 
+import time
+
+from rich.table import Table
+
+from ..errors import ConfigError
+from ..experiments.progress import Reporter
+from ..experiments.sweep import load_sweep, run_sweep, store_paths
+from ..experiments.sweep_cost import estimate
+from ..report.tables import aggregate, to_rich
 from ._console import make_console, method_label
 
 
@@ -44,9 +53,6 @@ def _run_line(cfg) -> str:
 
 
 def dry_run(sweep, workers: int, console) -> int:
-    from rich.table import Table
-
-    from ..experiments.sweep_cost import estimate
 
     cost = estimate(sweep.configs)
     table = Table(title=f"sweep {sweep.name} ({sweep.source}): {len(sweep.configs)} runs")
@@ -71,16 +77,10 @@ def dry_run(sweep, workers: int, console) -> int:
 
 
 def cmd_sweep(args) -> int:
-    import time
-
-    from ..experiments.progress import Reporter
-    from ..report.tables import aggregate, to_rich
-    from ..experiments.sweep import load_sweep, run_sweep, store_paths
 
     sweep = load_sweep(args.sweep, args.overrides)  # every run validated before any starts
     workers = sweep.workers if args.workers is None else args.workers
     if not 1 <= workers <= 1024:  # checked here, not by argparse: `main` returns 2 rather than exiting
-        from ..errors import ConfigError
 
         raise ConfigError(f"--workers={workers}: allowed: an integer in [1, 1024]")
     console = make_console()

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 import yaml
 
 from ..errors import RunDirError
+from ..utils.io import atomic_write_text
 from .config import ExperimentConfig, pretrain_hash
 from .paths import check_inside, check_output_dir
 
@@ -91,8 +92,6 @@ def write_config(run_dir: Path, cfg: ExperimentConfig) -> None:
     """``config.yaml`` with its hash line. A file prunekit wrote that differs at most in ``output`` (where the
     run lives, not what it is: a moved output root) is left as it is, so a resume that fails later has
     written nothing."""
-    from ..utils.io import atomic_write_text
-
     path = run_dir / "config.yaml"
     if path.is_file():
         old = path.read_text()

@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import models as pkmodels
+from ..data import get_spec
 from ..errors import PrunekitError
+from ..methods import METHODS, method_config
+from ..sparsity.measure import count_flops
 from .config import ExperimentConfig, build_config, model_kwargs, pretrain_hash
 from .runner import store_for
 from .store import ResultsStore
@@ -42,8 +46,6 @@ class SweepCost:
 
 
 def steps_per_epoch(cfg: ExperimentConfig) -> int | None:
-    from ..data import get_spec
-
     n = get_spec(cfg.data.name).train_size
     if n is None:
         return None
@@ -88,10 +90,6 @@ class _Models:
 
     @staticmethod
     def _build(cfg: ExperimentConfig):
-        from .. import models as pkmodels
-        from ..data import get_spec
-        from ..sparsity.measure import count_flops
-
         spec = get_spec(cfg.data.name)
         try:
             model = pkmodels.create(cfg.model.name, num_classes=spec.num_classes, **model_kwargs(cfg, spec))
@@ -104,8 +102,6 @@ class _Models:
         return self.model(cfg)[1]
 
     def levels(self, cfg: ExperimentConfig) -> int:
-        from ..methods import METHODS, method_config
-
         model = self.model(cfg)[0]
         if model is None:
             return 1

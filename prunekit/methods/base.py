@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from ..modelio import DEFAULT_IO, ModelIO
 from ..sparsity import MaskSet, check_sparsity, mask_optimizer_state_, sparsity_from_compression
 from ..sparsity.optim_state import check_policy
+from ..sparsity.targets import resolve_targets, targets_table
 
 
 class MethodConfig(BaseModel):
@@ -206,8 +207,6 @@ class Pruner:
     def report(self) -> str:
         """The per-layer sparsity table, then every parameter kept dense with the reason and the setting
         that would prune it (biases, norms, embeddings, excluded layers), and the tied names."""
-        from ..sparsity.targets import resolve_targets, targets_table
-
         rows = resolve_targets(self.config.targets).explain(self.model)
         return self.masks.summary_table() + "\n\nkept dense and tied:\n" + targets_table(
             [r for r in rows if not r.pruned or r.tied])

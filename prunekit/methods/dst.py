@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, MaskError
 from ..sparsity import CosineDecay, allocate, masks_from_scores
+from ..sparsity.measure import count_flops
 from ..sparsity.optim_state import STATE_KEYS, mask_optimizer_state_
 from .base import MethodConfig, PruneContext, Pruner
 from .registry import METHODS
@@ -302,8 +303,6 @@ class SparseTraining(Pruner):
         pays the dense weight gradient instead of the sparse one (``2 f_S + f_D``). The sample shape is
         taken from the first forward pass unless given. None before any step.
         """
-        from ..sparsity.measure import count_flops
-
         shape = tuple(input_shape) if input_shape is not None else self._input_shape
         steps, tail = self._step, self._step - self._last_change
         if not steps or shape is None:

@@ -1,11 +1,15 @@
 """The method registry and ``create``: one file per method family registers its classes here."""
 from __future__ import annotations
 
+import inspect
+import re
+import typing
 from typing import Any
 
 from pydantic import ValidationError
 from torch import nn
 
+from ..errors import ConfigError
 from ..modelio import LossFn, ModelIO, OutputFn
 from ..registry import Registry
 from ..utils.validation import config_error_from
@@ -18,8 +22,6 @@ def method_config(settings: dict[str, Any]) -> MethodConfig:
     """Validate ``settings`` (with ``name``) against the named method's Config."""
     settings = dict(settings)
     if "name" not in settings:
-        from ..errors import ConfigError
-
         raise ConfigError("method.name is missing; allowed: " + ", ".join(METHODS.names()))
     cls = METHODS.get(settings["name"])
     try:
@@ -57,8 +59,6 @@ def method_settings(name: str) -> list[tuple[str, str, str, str]]:
 
 def _type_name(annotation: Any) -> str:
     """``float``, ``int | None``, or the allowed values of a Literal (``'global' | 'uniform' | 'erk'``)."""
-    import typing
-
     if typing.get_origin(annotation) is typing.Literal:
         return " | ".join(repr(v) for v in typing.get_args(annotation))
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
@@ -67,9 +67,6 @@ def _type_name(annotation: Any) -> str:
 def _source_comments(cls: type) -> dict[str, str]:
     """``{setting: comment}`` from the ``name: type = default  # comment`` lines of ``cls`` and its bases
     (the nearest class wins)."""
-    import inspect
-    import re
-
     out: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         if not (isinstance(klass, type) and issubclass(klass, MethodConfig)):

@@ -18,6 +18,7 @@ import math
 from typing import Mapping, Sequence
 
 from ..errors import ConfigError
+from ..registry import suggest
 from .units import check_sparsity
 
 Shapes = Mapping[str, Sequence[int]]
@@ -90,8 +91,6 @@ ALLOCATORS = {"uniform": uniform, "erk": erk, "er": er}
 def allocate(kind: str, shapes: Shapes, sparsity: float, **kwargs) -> dict[str, float]:
     """Dispatch by name: ``uniform``, ``erk``, ``er``."""
     if kind not in ALLOCATORS:
-        from ..registry import suggest
-
         raise ConfigError(
             f"allocation={kind!r} is not allowed{suggest(kind, list(ALLOCATORS) + ['global'])}; "
             f"allowed: {', '.join(ALLOCATORS)}, global"
