@@ -15,7 +15,7 @@ the optimizer when a method needs them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Iterator
+from typing import Any, ClassVar, Iterable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -219,13 +219,6 @@ def report_progress(ctx: "PruneContext | None", done: int, total: int) -> None:
     """Tell the context's ``progress`` callback, if any, that ``done`` of ``total`` rounds are finished."""
     if ctx is not None and ctx.progress is not None:
         ctx.progress(done, total)
-
-
-def iterate_limited(batches: Iterable, n: int) -> Iterator:
-    for i, b in enumerate(batches):
-        if i >= n:
-            return
-        yield b
 
 
 def require(condition: bool, message: str) -> None:

@@ -4,7 +4,7 @@ from .masks import MaskSet
 from .measure import count_flops, count_params
 from .optim_state import POLICIES as OPTIMIZER_STATE_POLICIES
 from .optim_state import mask_optimizer_state_, reset_optimizer_state_
-from .schedules import CosineDecay, CubicSchedule, OneShot, geometric_sparsity, lap_layer_sparsity, lap_remaining
+from .schedules import CosineDecay, CubicSchedule, geometric_sparsity, lap_layer_sparsity, lap_remaining
 from .select import (
     channel_mask,
     filter_mask,
