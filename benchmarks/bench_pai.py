@@ -29,8 +29,8 @@ import torch.nn.functional as F
 import prunekit as pk
 from prunekit.methods import PruneContext
 from prunekit.methods.dpai import dpai_search, initial_scores
-from tests.scoring_reference import dpai_literal, grasp_literal, snip_literal, synflow_literal
 from prunekit.sparsity import erk, masks_from_scores, num_zeros
+from tests.scoring_reference import dpai_literal, grasp_literal, snip_literal, synflow_literal
 
 SPARSITY = 0.9
 TARGETS = {"dpai_iteration": 0.05, "snip_100": 0.7, "grasp_100": 2.0, "synflow_100": 2.5}

@@ -158,7 +158,7 @@ def check_config(run_dir: Path, cfg: ExperimentConfig) -> None:
 def check_result(run_dir: Path, cfg: ExperimentConfig) -> dict[str, Any] | None:
     """The finished run's row from ``result.json`` (None when the run is not finished); RunDirError when the
     file is damaged or belongs to another run."""
-    from .runner import run_id
+    from .runner import run_id  # here, not at the top: the runner imports this module
 
     path = run_dir / "result.json"
     if not (path.exists() or path.is_symlink()):
@@ -170,7 +170,7 @@ def check_result(run_dir: Path, cfg: ExperimentConfig) -> dict[str, Any] | None:
 
 
 def _check_partial(run_dir: Path, cfg: ExperimentConfig) -> None:
-    from .sweep import method_schedule
+    from .sweep import method_schedule  # here, not at the top: the sweep imports this module
 
     for ckpt in run_dir.glob("checkpoint-*.pt"):
         if not ckpt.is_file():
@@ -186,7 +186,7 @@ def _check_partial(run_dir: Path, cfg: ExperimentConfig) -> None:
 
 def check_caches(cfg: ExperimentConfig) -> None:
     """The cached dense pretraining this run would reuse (after-training, IMP and dense runs)."""
-    from .sweep import method_schedule
+    from .sweep import method_schedule  # here, not at the top: the sweep imports this module
 
     if method_schedule(cfg.method) not in ("none", "after", "iterative"):
         return
@@ -199,7 +199,7 @@ def check_caches(cfg: ExperimentConfig) -> None:
 def preflight(cfg: ExperimentConfig, run_dir: Path, force: bool) -> dict[str, Any] | None:
     """Check everything the run will read back or write to; the finished run's row when it is done (and
     not ``force``). Writes nothing."""
-    from .runner import store_for
+    from .runner import store_for  # here, not at the top: the runner imports this module
 
     root = Path(cfg.output.root)
     check_output_dir(root, "output.root")
@@ -226,7 +226,7 @@ def clear(run_dir: Path) -> None:
 
 def take_lock(fd: int, what: str, on_wait: Callable[[str], None] | None = None) -> None:
     """An exclusive ``flock`` on ``fd``; when another process holds it, ``on_wait(message)`` and block."""
-    import fcntl
+    import fcntl  # POSIX only: its callers (locked, the sweep's group lock) check that it imports
 
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -263,7 +263,7 @@ def run_sweep(configs: list[ExperimentConfig], workers: int = 1, force: bool = F
 def _run_packed(configs, groups, pack, force, done, reporter, on_message) -> None:
     """Cache groups in ``pack`` lanes whose training phases train as packs; runs that cannot pack are
     named in one line each and run unpacked afterwards."""
-    from .packing import PackSession, pack_refusal
+    from .packing import PackSession, pack_refusal  # here, not at the top: packing imports this module
 
     alone: list[tuple[Group, int]] = []
     lanes_groups = []
