@@ -19,8 +19,8 @@ from pathlib import Path
 
 from ..errors import ConfigError, DataError
 from ..utils.io import fsync_dir
+from . import specs
 from .checksums import verify_file
-from .specs import get_spec
 
 _CHUNK = 1 << 20
 USER_AGENT = "prunekit-data/0.1 (+urllib)"
@@ -104,7 +104,7 @@ def download(name: str, root: str | os.PathLike, *, mirror: str | None = None, t
     replaces the base URL (a folder holding the same file names); checksums are still the official ones.
     Each URL of a file is tried in turn. ImageNet has no public download (registration required).
     """
-    spec = get_spec(name)
+    spec = specs.get_spec(name)
     if spec.no_download_reason:
         raise ConfigError(f"dataset {name!r} cannot be downloaded: {spec.no_download_reason}")
     folder = Path(root) / spec.name
@@ -134,7 +134,7 @@ def download(name: str, root: str | os.PathLike, *, mirror: str | None = None, t
 def verify(name: str, root: str | os.PathLike) -> list[Path]:
     """Check every file of ``name`` with a known checksum that is present under ``root`` (or
     ``root/<name>``); :class:`DataError` on a mismatch or when no such file is found."""
-    spec = get_spec(name)
+    spec = specs.get_spec(name)
     checked = []
     for f in spec.files:
         if not (f.md5 or f.sha256):
