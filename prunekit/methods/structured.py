@@ -28,12 +28,12 @@ from pydantic import field_validator
 from torch import Tensor, nn
 
 from ..errors import ConfigError, MaskError, ModelError
-from ..structure.graph import CONSUMER, DEPTHWISE, NORM, PRODUCER, ChannelGather, ChannelGraph, clear_entries_, member_entries
 from ..modelio import batch_to, slice_batch
 from ..scoring import SCORERS, snip_scores
 from ..scoring.data import take_samples
 from ..sparsity import MaskSet, num_keep, topk_mask
 from ..sparsity.targets import resolve_targets
+from ..structure.graph import CONSUMER, DEPTHWISE, NORM, PRODUCER, ChannelGather, ChannelGraph, clear_entries_, member_entries
 from ..structure.heads import check_mha_prunable, conv1d_type, find_attention, unit_scores
 from .base import MethodConfig, PruneContext, Pruner
 from .basic import MagnitudePruning
