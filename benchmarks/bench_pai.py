@@ -10,7 +10,7 @@ divides by the mean of the dense steps timed just before and just after it); min
 * SynFlow with 100 rounds                                                 target <= 2.5
 
 Before timing, the masks of every method are checked against the straightforward implementations in
-:mod:`prunekit.scoring.reference` (``.grad`` accumulation, in-place linearisation of a copy, per-layer
+``tests/scoring_reference.py`` (``.grad`` accumulation, in-place linearisation of a copy, per-layer
 STE loops): they must be identical. GraSP's default fused kernels round differently from PyTorch's
 double backward, so its check runs in float64 (and with ``second_order="autograd"`` in float32); the
 float32 entries that differ are counted and printed. Run: ``python -m benchmarks.bench_pai [--repeats 7]``.
@@ -29,8 +29,8 @@ import torch.nn.functional as F
 import prunekit as pk
 from prunekit.methods import PruneContext
 from prunekit.methods.dpai import dpai_search, initial_scores
-from prunekit.scoring.reference import dpai_literal, grasp_literal, snip_literal, synflow_literal
 from prunekit.sparsity import erk, num_zeros, select
+from tests.scoring_reference import dpai_literal, grasp_literal, snip_literal, synflow_literal
 
 SPARSITY = 0.9
 TARGETS = {"dpai_iteration": 0.05, "snip_100": 0.7, "grasp_100": 2.0, "synflow_100": 2.5}

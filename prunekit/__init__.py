@@ -6,6 +6,7 @@
 """
 from . import data, methods, models, sparsity
 from .errors import PrunekitError
+from .experiments import ExperimentConfig, build_config, run_experiment
 from .methods import METHODS, PruneContext, create
 from .sparsity import MaskSet, Targets
 
@@ -14,8 +15,6 @@ __version__ = "0.1.0"
 
 def run(config, force: bool = False, reporter=None):
     """Run one experiment from an ``ExperimentConfig`` or a dict of settings; returns its result row."""
-    from .experiments import ExperimentConfig, build_config, run_experiment
-
     cfg = config if isinstance(config, ExperimentConfig) else build_config(dict(config))
     return run_experiment(cfg, force=force, reporter=reporter)
 

@@ -5,29 +5,29 @@ User mistakes print one line (``prunekit: error: ...``) and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import json
+import errno
+import signal
 import sys
+import threading
 from typing import Sequence
 
 import yaml
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
-from .errors import ConfigError, PrunekitError
-
-
-def _console(quiet: bool = False):
-    from rich.console import Console
-
-    return Console(quiet=quiet, highlight=False, width=max(120, Console().width))
-
-
-def method_label(row: dict) -> str:
-    """``magnitude (when=after, allocation=uniform)`` from a result row's stored method settings."""
-    cfg = row.get("config")
-    if isinstance(cfg, str):
-        cfg = json.loads(cfg)
-    settings = (cfg or {}).get("method", {})
-    extra = [f"{k}={v}" for k, v in settings.items() if k not in ("name", "sparsity")]
-    return f"{row['method']} ({', '.join(extra)})" if extra else str(row["method"])
+from . import data, models
+from .commands import register_all
+from .commands._console import make_console, method_label
+from .distributed import MaskDivergenceError
+from .errors import ConfigError, LayerCollapseError, NumericError, PrunekitError
+from .experiments import ResultsStore, configs_from_recipe, recipe_names, run_experiment, store_for
+from .experiments.progress import Reporter, RichReporter
+from .experiments.result_row import table_columns
+from .experiments.runner import run_id
+from .methods import METHODS
+from .methods.registry import method_settings
+from .report.groups import labels, series_key, settings
 
 
 def results_table(rows: list[dict], title: str = "results", context: bool | Sequence[str] = True,
@@ -36,10 +36,6 @@ def results_table(rows: list[dict], title: str = "results", context: bool | Sequ
     (:func:`prunekit.experiments.result_row.table_columns`); ``context``: the recipe/model/dataset columns to show
     (``True``: all, ``False``: none, given in the title); ``labels``: ``{run_id: label}`` instead of
     :func:`method_label`. Numbers never wrap; text folds onto a second line rather than being cut."""
-    from rich.table import Table
-
-    from .experiments.result_row import table_columns
-
     table = Table(title=title)
     defined = table_columns()
     shown = [c.name for c in defined if c.context] if context is True else list(context or [])
@@ -64,16 +60,10 @@ def results_table(rows: list[dict], title: str = "results", context: bool | Sequ
 
 
 def cmd_run(args) -> int:
-    from .distributed import MaskDivergenceError
-    from .errors import LayerCollapseError, NumericError
-    from .experiments import configs_from_recipe, run_experiment, store_for
-    from .experiments.runner import run_id
-    from .experiments.progress import Reporter, RichReporter
-
     run_failures = (NumericError, LayerCollapseError, MaskDivergenceError)  # stored as 'failed' rows
 
     configs = configs_from_recipe(args.recipe, args.overrides)  # every run validated before any starts
-    console = _console()
+    console = make_console()
     reporter = Reporter() if args.quiet else RichReporter(console, verbose=args.verbose)
     rows, failed = [], 0
     for i, cfg in enumerate(configs, 1):
@@ -101,8 +91,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .experiments import configs_from_recipe
-
     configs = configs_from_recipe(args.recipe, args.overrides)
     docs = [c.model_dump(mode="json") for c in configs]
     sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
@@ -110,15 +98,9 @@ def cmd_show(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from . import data, models
-    from .experiments import recipe_names
-    from .methods import METHODS
-
     if args.name and "=" in args.name:  # `list` takes no key=value overrides
         raise ConfigError(f"unrecognized arguments: {args.name}")
     if args.kind == "methods" and args.name:
-        from .methods.registry import method_settings
-
         cls = METHODS.get(args.name)
         doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         print(f"{args.name}: {doc}")
@@ -140,17 +122,11 @@ def cmd_list(args) -> int:
 
 
 def cmd_results(args) -> int:
-    from .experiments import ResultsStore
-
     store = ResultsStore(args.store)
     rows = store.rows("recipe = ?", (args.recipe,)) if args.recipe else store.rows()
     if not rows:
         print(f"no results in {store.path}")
         return 0
-    from rich import box
-    from rich.console import Console
-
-    from .report.groups import labels, series_key, settings
 
     # fit the terminal: model/dataset columns that are the same for every row go to the title, labels name
     # only what differs
@@ -193,7 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--store", default="runs/results.sqlite")
     res.add_argument("--recipe", default=None)
     res.set_defaults(func=cmd_results)
-    from .commands import register_all
 
     register_all(sub)
     return p
@@ -223,10 +198,6 @@ def _terminate(signum, frame):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import errno
-    import signal
-    import threading
-
     args = parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None

@@ -102,13 +102,6 @@ def attention_modules(model: nn.Module) -> list[str]:
     return found
 
 
-def is_token_input(x: Any) -> bool:
-    """Whether a batch input holds token ids (integer tensors) rather than features."""
-    if isinstance(x, Mapping):
-        x = next(iter(x.values()), None)
-    return isinstance(x, Tensor) and not (x.is_floating_point() or x.is_complex())
-
-
 def batch_size_of(x: Any) -> int:
     if isinstance(x, Mapping):
         x = next(iter(x.values()))

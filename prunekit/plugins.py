@@ -59,7 +59,3 @@ def entry_point(group: str, name: str) -> Any | None:
         if ep.name == name:
             return ep.load()
     return None
-
-
-def entry_point_names(group: str) -> list[str]:
-    return sorted(ep.name for ep in entry_points(group=group))

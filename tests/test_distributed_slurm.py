@@ -1,4 +1,4 @@
-"""The SLURM launcher (prunekit.distributed.slurm) with submitit's local executor: one job per group of runs
+"""The SLURM launcher (prunekit.experiments.slurm) with submitit's local executor: one job per group of runs
 that share caches; a job with two tasks trains its run data-parallel over them (gloo on the CPU)."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("submitit")
 
 from prunekit.cli import main  # noqa: E402
-from prunekit.distributed.slurm import submit_sweep  # noqa: E402
+from prunekit.experiments.slurm import submit_sweep  # noqa: E402
 from prunekit.errors import ConfigError  # noqa: E402
 from prunekit.experiments.sweep import load_sweep  # noqa: E402
 

@@ -11,7 +11,7 @@ from prunekit.diagnostics import connectivity
 from prunekit.errors import ConfigError, LayerCollapseError
 from prunekit.methods.dpai import dpai_search, initial_scores
 from prunekit.scoring import PathCounter
-from prunekit.scoring.reference import dpai_literal
+from tests.scoring_reference import dpai_literal
 from prunekit.sparsity import erk, num_keep, num_zeros
 
 # A 3 -> 4 -> 3 -> 2 MLP with a hand-made mask (rows: outputs, columns: inputs).

@@ -13,10 +13,11 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.errors import MaskError
-from prunekit.export import ChannelGather, compact_model
+from prunekit.export import compact_model
 from prunekit.models import create
 from prunekit.models.resnet_cifar import PadShortcut
 from prunekit.sparsity.targets import resolve_targets
+from prunekit.structure import ChannelGather
 
 pytest.importorskip("torch_pruning")
 
@@ -154,7 +155,7 @@ def test_channel_gather_is_option_a_and_prunes_both_sides():
     gather = ChannelGather.from_pad(4, pad.pad, pad.extra)
     assert torch.equal(gather(x), pad(x))
     assert gather.gather.tolist() == [4, 4, 0, 1, 2, 3, 4, 4]
-    tp_pruner = pytest.importorskip("prunekit.export.graph")._gather_pruner_class()
+    tp_pruner = pytest.importorskip("prunekit.structure.graph")._gather_pruner_class()
     tp_pruner.prune_in_channels(gather, [1, 3])  # inputs 1 and 3 removed: their outputs become zeros
     assert gather.in_channels == 2 and gather.gather.tolist() == [2, 2, 0, 2, 1, 2, 2, 2]
     tp_pruner.prune_out_channels(gather, [0, 3, 7])

@@ -7,7 +7,7 @@ from torch import nn
 
 import prunekit as pk
 from prunekit.modelio import ModelIO
-from prunekit.report.measure import count_flops, module_flops, weight_flops
+from prunekit.sparsity.measure import count_flops, module_flops, weight_flops
 
 
 def test_weight_flops_equal_the_counters_layer_flops_on_a_cnn():

@@ -14,7 +14,7 @@ from prunekit.errors import ConfigError, LayerCollapseError
 from prunekit.methods import PruneContext
 from prunekit.methods.pai import round_sparsity
 from prunekit.scoring import grasp_scores, hessian_gradient_product, snip_scores, synflow_scores
-from prunekit.scoring.reference import grasp_literal, snip_literal, synflow_literal
+from tests.scoring_reference import grasp_literal, snip_literal, synflow_literal
 from prunekit.sparsity import num_keep
 
 

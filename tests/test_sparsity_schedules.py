@@ -15,7 +15,6 @@ from prunekit.sparsity import (
     sparsity_from_density,
     sparsity_from_keep_ratio,
 )
-from prunekit.sparsity.schedules import levels_for_sparsity, per_layer_from_rates
 
 
 def test_cubic_matches_granet_formula_by_hand():
@@ -79,19 +78,14 @@ def test_lap_round_grid_for_conv6():
     assert got == [10.62, 8.86, 7.39, 6.18, 5.17, 4.32, 3.62]
 
 
-def test_lap_layer_sparsity_and_map():
+def test_lap_layer_sparsity():
     assert lap_layer_sparsity(0.5, 3) == pytest.approx(0.875)
-    assert per_layer_from_rates(["a", "b"], [0.5, 0.25], 2) == pytest.approx({"a": 0.75, "b": 0.4375})
-    with pytest.raises(ConfigError, match="2 LAP rates"):
-        per_layer_from_rates(["a"], [0.5, 0.25], 2)
 
 
 def test_geometric_levels():
     assert geometric_sparsity(0) == 0.0
     assert geometric_sparsity(1) == pytest.approx(0.2)
     assert geometric_sparsity(10) == pytest.approx(1 - 0.8**10)  # 0.892626...
-    assert levels_for_sparsity(0.9) == 11  # 0.8^10 = 0.107 > 0.1, 0.8^11 = 0.0859
-    assert levels_for_sparsity(0.2) == 1
 
 
 def test_unit_conversions():

@@ -228,7 +228,8 @@ def test_grouped_query_attention_loses_whole_key_value_groups():
     """Llama-style GQA (4 query heads, 2 key/value heads): a unit is a kv head and its 2 query heads.
     Masking unit 1's value rows and removing it gives the same outputs (head surgery only: building
     Torch-Pruning's graph of a Llama model takes minutes, so the structured method is not run here)."""
-    from prunekit.export.heads import dead_units, find_attention, remove_units_
+    from prunekit.export.heads import remove_units_
+    from prunekit.structure.heads import dead_units, find_attention
 
     torch.manual_seed(0)
     model = tiny_llama().eval().double()

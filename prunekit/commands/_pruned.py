@@ -6,10 +6,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
-from ..errors import ConfigError
+from ..data import get_spec
+from ..errors import ConfigError, first_line
+from ..experiments.config import build_config, create_model, model_kwargs
+from ..experiments.layout import RunPaths
+from ..experiments.sweep import method_schedule
+from ..models import create, info
 from ..sparsity import MaskSet
+from ..train.checkpoint import load_module_state, load_weights
 from ._args import COUNT, int_in
 
 
@@ -35,11 +42,6 @@ def load_model(args, need_weights: bool = False) -> Loaded:
     """The model (and masks) ``args`` name. From a run directory, a pruned run must have its masks and, with
     ``need_weights``, every run its trained weights: without them the result would silently be a freshly
     initialised or dense model."""
-    from ..models import create, info
-    from ..train.checkpoint import load_module_state, load_weights
-
-    from ..experiments.layout import RunPaths
-
     run = RunPaths.at(args.model)
     if run.config.is_file():
         name, model, shape, pruned = _model_of_run(run)
@@ -70,8 +72,6 @@ def load_model(args, need_weights: bool = False) -> Loaded:
 def _check_input(loaded: Loaded, default: tuple[int, ...]) -> None:
     """ConfigError when the model rejects one batch of ``--input-shape`` (before anything is measured or
     written)."""
-    from ..errors import first_line
-
     try:
         with torch.no_grad():
             loaded.model(example_batch(loaded, n=1))
@@ -94,10 +94,6 @@ def _model_of_run(run) -> tuple[str, nn.Module, tuple[int, ...], bool]:
     """The model a run trained (name, a fresh instance with the run's options, one sample's shape, whether
     the method prunes), from its resolved ``config.yaml``; the dataset's geometry comes from its spec (no data
     is read)."""
-    import yaml
-
-    from ..data import get_spec
-    from ..experiments.config import build_config, create_model, model_kwargs
 
     try:
         raw = yaml.safe_load(run.config.read_text())
@@ -108,7 +104,6 @@ def _model_of_run(run) -> tuple[str, nn.Module, tuple[int, ...], bool]:
     cfg = build_config(raw)
     spec = get_spec(cfg.data.name)
     model = create_model(cfg.model.name, model_kwargs(cfg, spec), spec.num_classes)
-    from ..experiments.sweep import method_schedule
 
     return cfg.model.name, model, (spec.channels, *spec.image_size), method_schedule(cfg.method_settings) != "none"
 

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from ..errors import ConfigError
+from ..experiments.paths import check_output_dir
+from ..export import compact_model, save_pruned, state_to_torch_prune
+from ..export.onnx import export_onnx, onnx_parity
+from ..utils.io import atomic_path
 from ._pruned import add_model_args, example_batch, load_model
 
 
@@ -21,12 +28,6 @@ def register(subparsers) -> None:
 
 
 def cmd_export(args) -> int:
-    import torch
-
-    from ..errors import ConfigError
-    from ..export import compact_model, save_pruned, state_to_torch_prune
-    from ..experiments.paths import check_output_dir
-    from ..utils.io import atomic_path
 
     check_output_dir(args.out, "--out")
     loaded = load_model(args, need_weights=True)
@@ -48,8 +49,6 @@ def cmd_export(args) -> int:
             "model": loaded.name, "num_classes": str(args.num_classes), "compact_history": result.history}))
         print(result.summary())
     if args.onnx:
-        from ..export.onnx import export_onnx, onnx_parity
-
         path = export_onnx(final, out / "model.onnx", x)
         print(f"onnxruntime parity: max |diff| {onnx_parity(final, path, x):.2g}")
         written.append(path)

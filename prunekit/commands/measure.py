@@ -6,6 +6,9 @@ import copy
 
 import torch
 
+from ..export import compact_model, fold_batchnorm
+from ..report.latency import measure_latency
+from ..sparsity.measure import count_flops, count_params
 from ._args import COUNT, THREADS
 from ._pruned import add_model_args, example_batch, load_model
 
@@ -24,9 +27,6 @@ def register(subparsers) -> None:
 
 
 def cmd_measure(args) -> int:
-    from ..report.latency import measure_latency
-    from ..report.measure import count_flops, count_params
-
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = load_model(args)
@@ -40,16 +40,12 @@ def cmd_measure(args) -> int:
           f"({flops['flops'] / max(flops['sparse_flops'], 1):.2f}x fewer)")
     candidates = {"masked" if masks is not None else "dense": loaded.model}
     if args.compact and masks is not None:
-        from ..export import compact_model
-
         result = compact_model(loaded.model, masks, example_batch(loaded))
         c_flops = count_flops(result.model, loaded.input_shape)["flops"]
         print(f"  compact: params {result.params_after:,}  FLOPs {c_flops / 1e6:,.2f} M  "
               f"({flops['flops'] / max(c_flops, 1):.2f}x fewer)  max |compact - masked| {result.max_abs_diff:.2g}")
         candidates["compact"] = result.model
     if args.latency:
-        from ..export import fold_batchnorm
-
         form = (lambda m: copy.deepcopy(m)) if args.eager else fold_batchnorm
         table = measure_latency({k: form(v) for k, v in candidates.items()}, loaded.input_shape,
                                 args.batch_sizes, repeats=args.repeats)

@@ -2,6 +2,16 @@
 from the results store (see :mod:`prunekit.report.build`)."""
 from __future__ import annotations
 
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..experiments import ResultsStore
+from ..experiments.layout import RunPaths
+from ..experiments.paths import check_output_dir
+from ..experiments.rundir import read_json, read_jsonl
+from ..report.tables import to_rich
+from ._console import make_console
+
 FORMATS = ("md", "csv", "tex")
 
 
@@ -27,8 +37,6 @@ def register(subparsers) -> None:
 
 
 def _formats(text: str) -> tuple[str, ...]:
-    from ..errors import ConfigError
-
     items = tuple(f.strip() for f in text.split(",") if f.strip())
     bad = [f for f in items if f not in FORMATS]
     if bad:
@@ -46,9 +54,6 @@ def _select(rows, args):
 
 def _check_run_files(run_dir) -> None:
     """The files the plots read, validated (a damaged one is an error naming it, not a silently empty plot)."""
-    from ..experiments.layout import RunPaths
-    from ..experiments.rundir import read_json, read_jsonl
-
     fix = "rerun the run with --force to rewrite it"
     paths = RunPaths.at(run_dir)
     if paths.mask_report.exists():
@@ -58,12 +63,7 @@ def _check_run_files(run_dir) -> None:
 
 
 def _report_run(args) -> int:
-    from pathlib import Path
-
-    from ..errors import ConfigError
-    from ..experiments.layout import RunPaths
-    from ..experiments.paths import check_output_dir
-    from ..report import plots
+    from ..report import plots  # deferred: matplotlib, not needed at CLI start
 
     run_dir = Path(args.run)
     paths = RunPaths.at(run_dir)
@@ -84,14 +84,7 @@ def _report_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from pathlib import Path
-
-    from ..cli import _console
-    from ..errors import ConfigError
-    from ..experiments import ResultsStore
-    from ..experiments.paths import check_output_dir
-    from ..report.build import write_report
-    from ..report.tables import to_rich
+    from ..report.build import write_report  # deferred: matplotlib, not needed at CLI start
 
     formats = _formats(args.formats)
     if args.run:
@@ -108,7 +101,7 @@ def cmd_report(args) -> int:
     files = write_report(rows, out, metric=args.metric, formats=formats, html=not args.no_html,
                          figures=not args.no_plots, subtitle=f"{len(rows)} stored runs from {store.path}",
                          style=args.style)
-    console = _console()
+    console = make_console()
     for table in to_rich(files.sections):
         console.print(table)
     print(f"report of {len(rows)} runs in {len(files.sections)} section(s) written to {out}/:")

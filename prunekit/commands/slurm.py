@@ -1,7 +1,12 @@
-"""``prunekit slurm SWEEP``: send a sweep's runs to SLURM as submitit jobs (see :mod:`prunekit.distributed.slurm`)."""
+"""``prunekit slurm SWEEP``: send a sweep's runs to SLURM as submitit jobs (see :mod:`prunekit.experiments.slurm`)."""
 from __future__ import annotations
 
+from ..errors import ConfigError
+from ..experiments.paths import check_output_dir
+from ..experiments.slurm import submit_sweep
+from ..experiments.sweep import load_sweep
 from ._args import THREADS, int_in
+from ._console import make_console
 
 
 def register(subparsers) -> None:
@@ -25,8 +30,6 @@ def register(subparsers) -> None:
 
 
 def _slurm_settings(items: list[str]) -> dict[str, str]:
-    from ..errors import ConfigError
-
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -37,15 +40,10 @@ def _slurm_settings(items: list[str]) -> dict[str, str]:
 
 
 def cmd_slurm(args) -> int:
-    from ..cli import _console
-    from ..distributed.slurm import submit_sweep
-    from ..experiments.sweep import load_sweep
-
-    from ..experiments.paths import check_output_dir
 
     check_output_dir(args.folder, "--folder")
     sweep = load_sweep(args.sweep, args.overrides)  # every run validated before anything is submitted
-    console = _console()
+    console = make_console()
     jobs = submit_sweep(sweep, args.folder, cluster="local" if args.local else None, nodes=args.nodes,
                         tasks_per_node=args.tasks_per_node, gpus_per_node=args.gpus_per_node,
                         cpus_per_task=args.cpus_per_task, timeout_min=args.timeout_min, partition=args.partition,

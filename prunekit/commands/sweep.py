@@ -1,6 +1,17 @@
 """``prunekit sweep SWEEP.yaml``: run a grid of experiments (see :mod:`prunekit.experiments.sweep`)."""
 from __future__ import annotations
 
+import time
+
+from rich.table import Table
+
+from ..errors import ConfigError
+from ..experiments.progress import Reporter
+from ..experiments.sweep import load_sweep, run_sweep, store_paths
+from ..experiments.sweep_cost import estimate
+from ..report.tables import aggregate, to_rich
+from ._console import make_console, method_label
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("sweep", help="run a grid of runs (methods x sparsities x seeds x ...), N workers, "
@@ -33,8 +44,6 @@ def _fmt_flops(f: float | None) -> str:
 
 
 def _label(cfg) -> str:
-    from ..cli import method_label
-
     return method_label({"method": cfg.method_settings.name, "config": {"method": cfg.method}})
 
 
@@ -44,9 +53,6 @@ def _run_line(cfg) -> str:
 
 
 def dry_run(sweep, workers: int, console) -> int:
-    from rich.table import Table
-
-    from ..experiments.sweep_cost import estimate
 
     cost = estimate(sweep.configs)
     table = Table(title=f"sweep {sweep.name} ({sweep.source}): {len(sweep.configs)} runs")
@@ -71,20 +77,13 @@ def dry_run(sweep, workers: int, console) -> int:
 
 
 def cmd_sweep(args) -> int:
-    import time
-
-    from ..cli import _console
-    from ..experiments.progress import Reporter
-    from ..report.tables import aggregate, to_rich
-    from ..experiments.sweep import load_sweep, run_sweep, store_paths
 
     sweep = load_sweep(args.sweep, args.overrides)  # every run validated before any starts
     workers = sweep.workers if args.workers is None else args.workers
     if not 1 <= workers <= 1024:  # checked here, not by argparse: `main` returns 2 rather than exiting
-        from ..errors import ConfigError
 
         raise ConfigError(f"--workers={workers}: allowed: an integer in [1, 1024]")
-    console = _console()
+    console = make_console()
     if args.dry_run:
         return dry_run(sweep, workers, console)
     total = len(sweep.configs)

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from ..errors import ConfigError
+from ..models import create
+from ..sparsity.targets import resolve_targets, targets_table
 
 
 def register(subparsers) -> None:
@@ -26,10 +30,6 @@ def _json_arg(flag: str, text: str):
 
 
 def cmd_targets(args) -> int:
-    import torch
-
-    from ..models import create
-    from ..sparsity.targets import resolve_targets, targets_table
 
     kwargs = _json_arg("--kwargs", args.kwargs)
     if not isinstance(kwargs, dict):

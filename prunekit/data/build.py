@@ -23,10 +23,12 @@ import torch
 from ..errors import ConfigError, DataError
 from .arrays import ArrayDataset
 from .augment import NO_AUGMENT, Augment
+from .download import verify
 from .imagefolder import FolderLoader, FolderTransform, image_folder_samples
 from .loader import TensorLoader
 from .normalization import Normalization
 from .specs import DatasetSpec, get_spec, resolve_root
+from .tiny_imagenet import IMAGE_SIZE, tiny_imagenet_samples
 
 SPLITS = ("official", "granet45k", "bip", "holdout")
 STORAGES = ("tensor", "folder")
@@ -97,7 +99,6 @@ def _read(spec: DatasetSpec, root: str | os.PathLike | None, splits: tuple[str, 
                           f"loaded as arrays; use build_loaders({spec.name!r}, ...)")
     where = resolve_root(spec, root)
     if verify_checksums:
-        from .download import verify
         verify(spec.name, root)
     return spec.reader(where, splits, check_counts=check_counts, num_workers=num_workers, **options)
 
@@ -219,11 +220,9 @@ def _build_folder(spec: DatasetSpec, root: Any, batch_size: int, test_batch_size
         raise ConfigError(f"split={split!r} not allowed with folder storage; allowed: official, bip")
     where = resolve_root(spec, root)
     if verify_checksums:
-        from .download import verify
         verify(spec.name, root)
     batch_augment = None
     if spec.name == "tiny_imagenet":
-        from .tiny_imagenet import IMAGE_SIZE, tiny_imagenet_samples
         train_samples, classes = tiny_imagenet_samples(where, True, check_counts=check_counts)
         test_samples, _ = tiny_imagenet_samples(where, False, check_counts=check_counts)
         if isinstance(aug, Augment):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, DataError
 from ..utils.io import fsync_dir
+from . import specs
 from .checksums import verify_file
 
 _CHUNK = 1 << 20
@@ -103,9 +104,7 @@ def download(name: str, root: str | os.PathLike, *, mirror: str | None = None, t
     replaces the base URL (a folder holding the same file names); checksums are still the official ones.
     Each URL of a file is tried in turn. ImageNet has no public download (registration required).
     """
-    from .specs import get_spec
-
-    spec = get_spec(name)
+    spec = specs.get_spec(name)
     if spec.no_download_reason:
         raise ConfigError(f"dataset {name!r} cannot be downloaded: {spec.no_download_reason}")
     folder = Path(root) / spec.name
@@ -135,9 +134,7 @@ def download(name: str, root: str | os.PathLike, *, mirror: str | None = None, t
 def verify(name: str, root: str | os.PathLike) -> list[Path]:
     """Check every file of ``name`` with a known checksum that is present under ``root`` (or
     ``root/<name>``); :class:`DataError` on a mismatch or when no such file is found."""
-    from .specs import get_spec
-
-    spec = get_spec(name)
+    spec = specs.get_spec(name)
     checked = []
     for f in spec.files:
         if not (f.md5 or f.sha256):

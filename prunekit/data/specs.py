@@ -16,8 +16,13 @@ from ..registry import Registry
 from .arrays import ArrayDataset
 from .augment import NO_AUGMENT, Augment
 from .checksums import file_digest
+from .cifar import read_cifar
+from .idx import load_mnist
 from .imagefolder import FolderTransform
 from .normalization import NORMALIZATIONS, Normalization, get_normalization
+from .sklearn_digits import load_digits
+from .synthetic import make_synthetic
+from .tiny_imagenet import load_tiny_imagenet
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,7 @@ def get_spec(name: str) -> DatasetSpec:
     :class:`UnknownNameError` (a ConfigError) with suggestions otherwise."""
     if name in DATASETS:
         return DATASETS.get(name)
-    from .user import user_spec
+    from .user import user_spec  # here, not at the top: prunekit.data.user imports this module
 
     spec = user_spec(name)
     return spec if spec is not None else DATASETS.get(name)
@@ -135,31 +140,26 @@ def _per_split(read_one: Callable[..., ArrayDataset]) -> Reader:
 
 def _read_mnist(variant: str) -> Reader:
     def read_one(root, train, *, check_counts=True, **_):
-        from .idx import load_mnist
         return load_mnist(root, train, variant=variant, expected_count=(60000 if train else 10000) if check_counts else None)
     return _per_split(read_one)
 
 
 def _read_cifar(variant: str) -> Reader:
     def read(root, splits, *, check_counts=True, **_):
-        from .cifar import read_cifar
         return read_cifar(root, variant, tuple(splits), check_counts=check_counts)  # one pass over the archive
     return read
 
 
 def _read_tiny_one(root, train, *, check_counts=True, num_workers=4, **_):
-    from .tiny_imagenet import load_tiny_imagenet
     return load_tiny_imagenet(root, train, check_counts=check_counts, num_workers=num_workers)
 
 
 def _read_digits_one(root, train, *, split_seed=0, **_):
-    from .sklearn_digits import load_digits
     return load_digits(train, split_seed=split_seed)
 
 
 def _read_synthetic_one(root, train, *, num_train=1024, num_test=256, num_classes=10, shape=(3, 32, 32),
                         data_seed=0, noise=48.0, **_):
-    from .synthetic import make_synthetic
     return make_synthetic(num_train if train else num_test, num_classes=num_classes, shape=tuple(shape),
                           seed=data_seed, train=train, noise=noise)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cifar import CIFAR_LAYOUTS
 from .idx import IMAGES_MAGIC, LABELS_MAGIC, MNIST_FILES
 
 
@@ -108,8 +109,6 @@ def write_cifar(root: str | os.PathLike, variant: str, train: tuple[np.ndarray, 
     CIFAR-10 training data is split over ``data_batch_1..5`` (N must be divisible by 5).
     Returns the path written (archive file or folder).
     """
-    from .cifar import CIFAR_LAYOUTS
-
     layout = CIFAR_LAYOUTS[variant]
     files: dict[str, bytes] = {}
     if variant == "cifar10":
@@ -146,7 +145,7 @@ def write_cifar(root: str | os.PathLike, variant: str, train: tuple[np.ndarray, 
 # --- JPEG trees --------------------------------------------------------------------------------------
 
 def _save_jpeg(path: Path, image: np.ndarray) -> None:
-    from PIL import Image
+    from PIL import Image  # deferred: Pillow, needed only by the JPEG fixtures
 
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = np.ascontiguousarray(image.transpose(1, 2, 0)) if image.ndim == 3 else image

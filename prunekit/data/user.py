@@ -19,6 +19,7 @@ from ..errors import ConfigError, DataError
 from ..plugins import entry_point, is_import_path, load_object
 from .arrays import ArrayDataset
 from .augment import NO_AUGMENT
+from .specs import DatasetSpec
 
 
 def _as_dataset(value: Any, name: str, split: str, num_classes: int | None) -> ArrayDataset:
@@ -40,8 +41,6 @@ def _as_dataset(value: Any, name: str, split: str, num_classes: int | None) -> A
 def user_spec(name: str):
     """The spec of a user dataset ``name``, or ``None`` when ``name`` is neither an import path nor an
     entry point (the caller then raises the registry's "did you mean" error)."""
-    from .specs import DatasetSpec
-
     factory = load_object(name, "data.name") if is_import_path(name) else entry_point("prunekit.datasets", name)
     if factory is None:
         return None

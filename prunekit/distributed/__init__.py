@@ -5,7 +5,7 @@
 batch across the processes, :mod:`.sync` wraps the model in DDP and sends rank 0's model and pruner
 state to all processes when a phase starts, :mod:`.guard` compares the masks across processes at every
 mask update. Only rank 0 writes checkpoints, metrics, masks, results and the store; a resumed run loads
-rank 0's checkpoint in every process. :mod:`.slurm` sends sweeps to SLURM through submitit.
+rank 0's checkpoint in every process. :mod:`prunekit.experiments.slurm` sends sweeps to SLURM through submitit.
 """
 from .env import barrier, init_from_env, is_distributed, is_main, rank, world_size
 from .guard import MaskDivergenceError, TrainerSync, check_masks, layer_checksums

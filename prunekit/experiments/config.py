@@ -15,9 +15,12 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .. import models as pkmodels
+from ..data.specs import get_spec
 from ..errors import ConfigError, PrunekitError, first_line
 from ..modelio import logits_of
 from ..methods import MethodConfig, MethodSettings, method_config, method_section
+from ..sparsity.targets import resolve_targets
 from ..train.config import TrainConfig
 from ..utils.hashing import settings_hash
 from ..utils.validation import config_error_from
@@ -162,8 +165,6 @@ def build_config(raw: dict[str, Any], overrides: list[tuple[str, Any]] = ()) -> 
 
 def model_kwargs(cfg: ExperimentConfig, spec: "DatasetSpec") -> dict[str, Any]:
     """The model's options: the recipe's, plus the dataset's input geometry where the model takes it."""
-    from .. import models as pkmodels
-
     kwargs = dict(cfg.model.kwargs)
     classes = kwargs.pop("num_classes", spec.num_classes)
     if classes != spec.num_classes:
@@ -202,8 +203,6 @@ def check_model_fits(model: torch.nn.Module, model_name: str, dataset: str, inpu
 def check_targets(model: torch.nn.Module, cfg: ExperimentConfig, method: MethodConfig) -> None:
     """ConfigError when the method's target policy selects no weight of the model (structured pruning
     of a model without conv layers, a targets glob that matches nothing)."""
-    from ..sparsity.targets import resolve_targets
-
     if resolve_targets(method.targets).select(model):
         return
     structure = getattr(method, "structure", "unstructured")
@@ -217,8 +216,6 @@ def check_targets(model: torch.nn.Module, cfg: ExperimentConfig, method: MethodC
 def create_model(name: str, kwargs: dict[str, Any], num_classes: int) -> torch.nn.Module:
     """``models.create``; a builder that trips over an option's value (a list where it expects a name)
     raises ConfigError naming the options instead of a TypeError."""
-    from .. import models as pkmodels
-
     try:
         return pkmodels.create(name, num_classes=num_classes, **kwargs)
     except PrunekitError:
@@ -237,8 +234,6 @@ def _meta_model(name: str, kwargs_json: str, num_classes: int) -> torch.nn.Modul
 def check_compatible(cfg: ExperimentConfig) -> None:
     """Model × dataset × method checks that need neither data nor weights: the model is built on the
     meta device (shapes only, no memory), so every run of a grid is checked before the first starts."""
-    from ..data.specs import get_spec
-
     spec = get_spec(cfg.data.name)
     kwargs = json.dumps(model_kwargs(cfg, spec), sort_keys=True, default=str)
     problem = _fit_problem(cfg.model.name, kwargs, cfg.data.name)
@@ -251,8 +246,6 @@ def check_compatible(cfg: ExperimentConfig) -> None:
 def _fit_problem(model: str, kwargs_json: str, dataset: str) -> str | None:
     """:func:`check_model_fits` on the meta model, once per model x options x dataset (a grid's runs
     share it; a meta forward of a ResNet-50 costs ~70 ms)."""
-    from ..data.specs import get_spec
-
     spec = get_spec(dataset)
     try:
         check_model_fits(_meta_model(model, kwargs_json, spec.num_classes), model, dataset,

@@ -33,7 +33,7 @@ REFUSED = {
 
 def pack_refusal(cfg) -> str | None:
     """Why the run of ``cfg`` cannot train packed (None: it can), from its configuration alone."""
-    from .sweep import method_schedule
+    from .sweep import method_schedule  # here, not at the top: runner -> packing -> sweep -> runner
 
     name = cfg.method_settings.name
     if name in REFUSED:

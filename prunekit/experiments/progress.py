@@ -5,6 +5,8 @@ import contextlib
 import time
 from typing import Any, Callable, Iterator
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
 
 class Reporter:
     """Receives run events; the default ignores them (library use, ``--quiet``). ``context`` is said in
@@ -39,8 +41,6 @@ class RichReporter(Reporter):
     ``verbose`` also prints every evaluation."""
 
     def __init__(self, console, verbose: bool = False):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
         self.console = console
         self.verbose = verbose
         self._columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),

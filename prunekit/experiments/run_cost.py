@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..sparsity.measure import count_flops
+
 
 @dataclass
 class RunCost:
@@ -35,8 +37,6 @@ class RunCost:
 
 def mask_flops_ratio(model, input_shape, masks, device) -> float:
     """Forward FLOPs under ``masks`` relative to dense (1.0 without masks)."""
-    from ..report.measure import count_flops
-
     if masks is None:
         return 1.0
     flops = count_flops(model, input_shape, masks, device=device)

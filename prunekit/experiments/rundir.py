@@ -21,6 +21,7 @@ import yaml
 
 from ..errors import RunDirError
 from ..utils.hashing import text_digest
+from ..utils.io import atomic_write_text
 from .config import ExperimentConfig
 from .layout import RunPaths
 from .paths import check_inside, check_output_dir
@@ -86,8 +87,6 @@ def write_config(run_dir: Path, cfg: ExperimentConfig) -> None:
     """``config.yaml`` with its hash line. A file prunekit wrote that differs at most in ``output`` (where the
     run lives, not what it is: a moved output root) is left as it is, so a resume that fails later has
     written nothing."""
-    from ..utils.io import atomic_write_text
-
     path = RunPaths.at(run_dir).config
     if path.is_file():
         old = path.read_text()
@@ -154,7 +153,7 @@ def check_config(run_dir: Path, cfg: ExperimentConfig) -> None:
 def check_result(run_dir: Path, cfg: ExperimentConfig) -> dict[str, Any] | None:
     """The finished run's row from ``result.json`` (None when the run is not finished); RunDirError when the
     file is damaged or belongs to another run."""
-    from .runner import run_id
+    from .runner import run_id  # here, not at the top: the runner imports this module
 
     path = RunPaths.at(run_dir).result
     if not (path.exists() or path.is_symlink()):
@@ -166,7 +165,7 @@ def check_result(run_dir: Path, cfg: ExperimentConfig) -> dict[str, Any] | None:
 
 
 def _check_partial(run_dir: Path, cfg: ExperimentConfig) -> None:
-    from .sweep import method_schedule
+    from .sweep import method_schedule  # here, not at the top: the sweep imports this module
 
     paths = RunPaths.at(run_dir)
     for ckpt in paths.checkpoints():
@@ -183,7 +182,7 @@ def _check_partial(run_dir: Path, cfg: ExperimentConfig) -> None:
 
 def check_caches(cfg: ExperimentConfig) -> None:
     """The cached dense pretraining this run would reuse (after-training, IMP and dense runs)."""
-    from .sweep import method_schedule
+    from .sweep import method_schedule  # here, not at the top: the sweep imports this module
 
     if method_schedule(cfg.method_settings) not in ("none", "after", "iterative"):
         return
@@ -195,7 +194,7 @@ def check_caches(cfg: ExperimentConfig) -> None:
 def preflight(cfg: ExperimentConfig, run_dir: Path, force: bool) -> dict[str, Any] | None:
     """Check everything the run will read back or write to; the finished run's row when it is done (and
     not ``force``). Writes nothing."""
-    from .runner import store_for
+    from .runner import store_for  # here, not at the top: the runner imports this module
 
     root = Path(cfg.output.root)
     check_output_dir(root, "output.root")
@@ -222,7 +221,7 @@ def clear(paths: RunPaths) -> None:
 
 def take_lock(fd: int, what: str, on_wait: Callable[[str], None] | None = None) -> None:
     """An exclusive ``flock`` on ``fd``; when another process holds it, ``on_wait(message)`` and block."""
-    import fcntl
+    import fcntl  # POSIX only: its callers (locked, the sweep's group lock) check that it imports
 
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -29,7 +29,7 @@ from .. import data as pkdata
 from ..distributed import MaskDivergenceError, barrier, init_from_env, is_main, shard_loader, sync_state
 from ..errors import ConfigError, LayerCollapseError, NumericError, PrunekitError
 from ..methods import METHODS, PruneContext
-from ..report.measure import count_flops, count_params
+from ..sparsity.measure import count_flops, count_params
 from ..train import Trainer, TrainConfig
 from ..train.checkpoint import load_module_state, load_weights
 from ..train.cuda_graph import device_refusal as graph_device_refusal

@@ -36,11 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import torch
+
 from ..errors import ConfigError, PrunekitError
 from ..methods import method_schedule
 from .config import ExperimentConfig, build_config, parse_overrides, pretrain_hash
 from .layout import OutputRoot, RunPaths
-from .recipes import expand_grid, load_recipe
+from .progress import Reporter
+from .recipes import expand_grid, find_recipe, load_recipe
 from .runner import run_dir_for, run_experiment, store_for
 from .rundir import take_lock
 
@@ -59,8 +62,6 @@ class Sweep:
 
 def load_sweep(ref: str, overrides: list[str] = ()) -> Sweep:
     """Read a sweep file (or a plain recipe), merge its ``base`` recipe, expand the grid, validate every run."""
-    from .recipes import find_recipe
-
     source = find_recipe(ref)
     raw = load_recipe(ref)
     workers = _workers(raw.get("workers", 1), f"{source}: workers")
@@ -214,8 +215,6 @@ def run_sweep(configs: list[ExperimentConfig], workers: int = 1, force: bool = F
     """Run every config (finished ones are skipped unless ``force``); returns one event per run, in
     config order. ``workers > 1`` runs cache groups in that many spawned processes; ``pack=K`` trains
     up to K runs at a time as packs in this process (:mod:`prunekit.experiments.packing`)."""
-    from .progress import Reporter
-
     _workers(workers, "workers")
     if pack is not None:
         _workers(pack, "pack")
@@ -251,7 +250,7 @@ def run_sweep(configs: list[ExperimentConfig], workers: int = 1, force: bool = F
 def _run_packed(configs, groups, pack, force, done, reporter, on_message) -> None:
     """Cache groups in ``pack`` lanes whose training phases train as packs; runs that cannot pack are
     named in one line each and run unpacked afterwards."""
-    from .packing import PackSession, pack_refusal
+    from .packing import PackSession, pack_refusal  # here, not at the top: packing imports this module
 
     alone: list[tuple[Group, int]] = []
     lanes_groups = []
@@ -341,10 +340,6 @@ def _die_with_parent(parent: int) -> None:
 
 def _worker(worker: int, configs, groups, force, threads, tasks, results, parent) -> None:
     _die_with_parent(parent)
-    import torch
-
-    from .progress import Reporter
-
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)

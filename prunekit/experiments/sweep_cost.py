@@ -13,7 +13,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import models as pkmodels
+from ..data import get_spec
 from ..errors import PrunekitError
+from ..methods import METHODS
+from ..sparsity.measure import count_flops
 from .config import ExperimentConfig, build_config, model_kwargs, pretrain_hash
 from .layout import RunPaths
 from .runner import store_for
@@ -43,8 +47,6 @@ class SweepCost:
 
 
 def steps_per_epoch(cfg: ExperimentConfig) -> int | None:
-    from ..data import get_spec
-
     n = get_spec(cfg.data.name).train_size
     if n is None:
         return None
@@ -89,10 +91,6 @@ class _Models:
 
     @staticmethod
     def _build(cfg: ExperimentConfig):
-        from .. import models as pkmodels
-        from ..data import get_spec
-        from ..report.measure import count_flops
-
         spec = get_spec(cfg.data.name)
         try:
             model = pkmodels.create(cfg.model.name, num_classes=spec.num_classes, **model_kwargs(cfg, spec))
@@ -105,8 +103,6 @@ class _Models:
         return self.model(cfg)[1]
 
     def levels(self, cfg: ExperimentConfig) -> int:
-        from ..methods import METHODS
-
         model = self.model(cfg)[0]
         if model is None:
             return 1

@@ -16,7 +16,7 @@ fine-tuning, so what it trains is what is exported.
 
 A masked channel coupled to live ones (one block's filter of a residual stream that other blocks still
 write) is kept, as zeros; :class:`CompactResult` counts those. Removal itself is Torch-Pruning's
-(Fang et al., DepGraph, CVPR 2023), driven by the groups of :mod:`prunekit.export.graph`.
+(Fang et al., DepGraph, CVPR 2023), driven by the groups of :mod:`prunekit.structure.graph`.
 """
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ from torch import Tensor, nn
 
 from ..errors import MaskError
 from ..modelio import call_model, logits_of
-from .graph import DEPTHWISE, PRODUCER, ChannelGather, ChannelGraph, ChannelGroup, Member, member_entries, weighted_types
-from .heads import dead_units, out_axis, remove_units_, zero_dead_biases_
+from ..structure.graph import DEPTHWISE, PRODUCER, ChannelGather, ChannelGraph, ChannelGroup, Member, member_entries, weighted_types
+from ..structure.heads import dead_units, out_axis
+from .heads import remove_units_, zero_dead_biases_
 
 
 def check_channel_aligned(masks: Mapping[str, Tensor]) -> None:
@@ -197,7 +198,7 @@ def compact_model(model: nn.Module, masks: Mapping[str, Tensor], example_inputs,
 
     ``masks`` (a MaskSet or ``{parameter name: bool tensor}``) must remove whole output filters or input
     channels (:func:`check_channel_aligned` names the first layer that does not); attention heads go
-    whole (:mod:`prunekit.export.heads`). ``example_inputs`` is a batch (a tensor, or a mapping of keyword
+    whole (:mod:`prunekit.structure.heads`, :mod:`prunekit.export.heads`). ``example_inputs`` is a batch (a tensor, or a mapping of keyword
     inputs such as ``{"input_ids": ...}``) used to trace the graph and, with ``verify``, to check the
     outputs (logits by :func:`prunekit.modelio.logits_of`): a difference above
     ``atol + rtol * max |masked output|`` raises :class:`MaskError`. ``model`` itself is not changed.

@@ -12,14 +12,13 @@ import copy
 import warnings
 
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in eval mode with every Conv→BatchNorm pair fused (``torch.fx``); outputs
     equal the original's up to float rounding. A model ``torch.fx`` cannot trace is returned as an
     eval-mode copy, unfused, with a warning."""
-    from torch.fx.experimental.optimization import fuse
-
     model = copy.deepcopy(model).eval()
     try:
         return fuse(model, inplace=True)

@@ -14,6 +14,7 @@ from typing import Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.sparse import to_sparse_semi_structured
 
 from ..errors import ConfigError
 from ..sparsity import nm_mask
@@ -35,8 +36,6 @@ def semi_structured_supported(device: torch.device | str) -> bool:
 def to_semi_structured(model: nn.Module, masks: Mapping[str, Tensor], dtype: torch.dtype = torch.float16) -> nn.Module:
     """A copy of ``model`` (on its CUDA device, in ``dtype``) whose 2:4-masked linear weights are
     semi-structured sparse tensors; other layers stay dense."""
-    from torch.sparse import to_sparse_semi_structured
-
     device = next(model.parameters()).device
     if not semi_structured_supported(device):
         raise ConfigError(f"semi-structured sparsity needs a CUDA device with compute capability >= 8.0; "

@@ -13,18 +13,19 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
 from ..sparsity import MaskSet
+from ..sparsity.measure import count_params
 from ..utils.io import atomic_path
 
 FORMAT = "prunekit.pruned"
 
 
 def sparsity_report(model: nn.Module, masks: Mapping[str, Tensor] | None) -> dict:
-    from ..report.measure import count_params
-
     report: dict = {"params": count_params(model, masks)}
     if masks:
         ms = masks if isinstance(masks, MaskSet) else MaskSet(masks)
@@ -35,8 +36,6 @@ def sparsity_report(model: nn.Module, masks: Mapping[str, Tensor] | None) -> dic
 def save_pruned(path: str | os.PathLike, model: nn.Module, masks: Mapping[str, Tensor] | None = None,
                 metadata: Mapping[str, str] | None = None) -> Path:
     """Write ``model``'s state dict, ``masks`` and a sparsity report to ``path`` atomically."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     tensors = {f"model/{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     mask_items = list(masks.items()) if masks is not None else []
@@ -52,8 +51,6 @@ def save_pruned(path: str | os.PathLike, model: nn.Module, masks: Mapping[str, T
 
 def load_pruned(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, str]]:
     """``(state dict, masks, metadata)`` of a file written by :func:`save_pruned`."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")

@@ -15,7 +15,7 @@ the optimizer when a method needs them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Iterator
+from typing import Any, ClassVar, Iterable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -26,6 +26,7 @@ from ..modelio import DEFAULT_IO, ModelIO
 from ..sparsity import (MaskSet, check_allocation, check_sparsity, check_structure,
                         nm_sparsity, sparsity_from_compression)
 from ..sparsity.optim_state import check_policy, enforce_optimizer_state_
+from ..sparsity.targets import resolve_targets, targets_table
 
 
 #: the type of every method's ``allocation`` setting: an allocator's name, ``global``, or a custom
@@ -263,8 +264,6 @@ class Pruner:
     def report(self) -> str:
         """The per-layer sparsity table, then every parameter kept dense with the reason and the setting
         that would prune it (biases, norms, embeddings, excluded layers), and the tied names."""
-        from ..sparsity.targets import resolve_targets, targets_table
-
         rows = resolve_targets(self.config.targets).explain(self.model)
         return self.masks.summary_table() + "\n\nkept dense and tied:\n" + targets_table(
             [r for r in rows if not r.pruned or r.tied])
@@ -277,13 +276,6 @@ def report_progress(ctx: "PruneContext | None", done: int, total: int) -> None:
     """Tell the context's ``progress`` callback, if any, that ``done`` of ``total`` rounds are finished."""
     if ctx is not None and ctx.progress is not None:
         ctx.progress(done, total)
-
-
-def iterate_limited(batches: Iterable, n: int) -> Iterator:
-    for i, b in enumerate(batches):
-        if i >= n:
-            return
-        yield b
 
 
 def require(condition: bool, message: str) -> None:

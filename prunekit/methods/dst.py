@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, MaskError
 from ..sparsity import CosineDecay, allocate, select
+from ..sparsity.measure import count_flops
 from ..sparsity.topk import keep_above_kth, keep_largest
 from ..sparsity.optim_state import reset_regrown_state_
 from .base import ALLOCATION_HELP, Allocation, MethodConfig, PruneContext, Pruner
@@ -237,13 +238,11 @@ class SparseTraining(Pruner):
         """Training FLOPs of the steps run so far relative to dense training of the same steps.
 
         RigL's convention (Evci et al. 2020, appendix H), per step: forward ``f_S`` + backward ``2 f_S``
-        with ``f_S`` the forward FLOPs under the masks of that step (:func:`prunekit.report.measure.count_flops`:
+        with ``f_S`` the forward FLOPs under the masks of that step (:func:`prunekit.sparsity.measure.count_flops`:
         conv/linear only, non-prunable layers dense); an update step whose growth needs the dense gradient
         pays the dense weight gradient instead of the sparse one (``2 f_S + f_D``). The sample shape is
         taken from the first forward pass unless given. None before any step.
         """
-        from ..report.measure import count_flops
-
         shape = tuple(input_shape) if input_shape is not None else self._input_shape
         steps, tail = self._step, self._step - self._last_change
         if not steps or shape is None:

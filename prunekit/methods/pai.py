@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
+from ..diagnostics import reinitialize_weights, shuffle_within_layers
 from ..errors import ConfigError, ModelError
 from ..modelio import batch_to, concat_batches
 from ..scoring import SynFlowScorer, grasp_scores, snip_scores
@@ -115,8 +116,6 @@ class ScorePaI(InitPruner):
         return self.masks
 
     def _controls(self) -> None:
-        from ..diagnostics import reinitialize_weights, shuffle_within_layers
-
         cfg = self.config
         if cfg.shuffle or cfg.reinitialize:
             gen = self.generator()

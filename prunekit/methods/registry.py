@@ -1,12 +1,15 @@
 """The method registry and ``create``: one file per method family registers its classes here."""
 from __future__ import annotations
 
+import types
+import typing
 from typing import Annotated, Any
 
 from pydantic import GetCoreSchemaHandler, GetPydanticSchema, ValidationError
 from pydantic_core import core_schema
 from torch import nn
 
+from ..errors import ConfigError
 from ..modelio import LossFn, ModelIO, OutputFn
 from ..registry import Registry
 from ..utils.validation import config_error_from
@@ -19,8 +22,6 @@ def method_config(settings: dict[str, Any]) -> MethodConfig:
     """Validate ``settings`` (with ``name``) against the named method's Config."""
     settings = dict(settings)
     if "name" not in settings:
-        from ..errors import ConfigError
-
         raise ConfigError("method.name is missing; allowed: " + ", ".join(METHODS.names()))
     cls = METHODS.get(settings["name"])
     try:
@@ -95,9 +96,6 @@ def _kinds(cls: type[MethodConfig], field: str, info: Any) -> str:
 def _type_name(annotation: Any) -> str:
     """``float``, ``int | None``, ``tuple[int, ...]``, or the allowed values of a Literal
     (``'global' | 'uniform' | None``)."""
-    import types
-    import typing
-
     origin = typing.get_origin(annotation)
     if origin is typing.Literal:
         return " | ".join(repr(v) for v in typing.get_args(annotation))

@@ -28,9 +28,13 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from ..errors import ConfigError, MaskError, ModelError
-from ..export.graph import CONSUMER, DEPTHWISE, NORM, PRODUCER, ChannelGather, ChannelGraph, clear_entries_, member_entries
 from ..modelio import batch_to, slice_batch
+from ..scoring import SCORERS, snip_scores
+from ..scoring.data import take_samples
 from ..sparsity import MaskSet, keep_counts, topk_mask
+from ..sparsity.targets import resolve_targets
+from ..structure.graph import CONSUMER, DEPTHWISE, NORM, PRODUCER, ChannelGather, ChannelGraph, clear_entries_, member_entries
+from ..structure.heads import check_mha_prunable, conv1d_type, find_attention, unit_scores
 from .base import Allocation, MethodConfig, PruneContext, Pruner
 from .basic import MagnitudePruning
 from .registry import METHODS
@@ -59,8 +63,6 @@ class StructuredConfig(MethodConfig):
     @field_validator("scorer")
     @classmethod
     def _known_scorer(cls, v: str) -> str:
-        from ..scoring import SCORERS
-
         allowed = (*OWN_SCORERS, *SCORERS)
         if v not in allowed:
             raise ValueError(f"allowed: {', '.join(allowed)}")
@@ -120,9 +122,6 @@ class StructuredPruner(Pruner):
     def _add_packed_projections(self) -> None:
         """Also mask Hugging Face ``Conv1D`` weights and ``nn.MultiheadAttention.in_proj_weight`` (they
         hold GPT-2's and MHA's heads) when the targets policy covers linear layers but not them."""
-        from ..export.heads import conv1d_type
-        from ..sparsity.targets import resolve_targets
-
         targets = resolve_targets(self.config.targets)
         if targets.layers == "conv":
             return
@@ -153,9 +152,6 @@ class StructuredPruner(Pruner):
         raise ConfigError("structured: tracing the channel groups needs method.input_shape or ctx.batches")
 
     def _scores(self, ctx: PruneContext | None) -> dict[str, Tensor]:
-        from ..scoring import SCORERS, snip_scores
-        from ..scoring.data import take_samples
-
         name = self.config.scorer
         if name == "taylor":
             if ctx is None:
@@ -227,8 +223,6 @@ class StructuredPruner(Pruner):
         """Masks from per-weight ``scores`` (``{weight name: tensor}``, e.g. a HYDRA/BiP pruner's
         ``dict(zip(bank.names, bank.scores_v))``), aggregated per channel (per head in attention) and
         chosen per group. Raises :class:`ModelError` when nothing can be removed."""
-        from ..export.heads import check_mha_prunable, find_attention, unit_scores
-
         for a in find_attention(self.model):  # (before tracing: such layouts can break the tracer)
             check_mha_prunable(a)  # an MHA layout whose heads cannot be removed exactly: refuse, never skip
         graph = ChannelGraph(copy.deepcopy(self.model), self._example(ctx))

@@ -21,6 +21,8 @@ from .zoo import MODELS
 class PadShortcut(nn.Module):
     """Option-A shortcut: ``x[:, :, ::2, ::2]`` with ``(out - in) / 2`` zero channels on each side."""
 
+    structure_kind = "pad_shortcut"  # how prunekit.structure.graph recognises it (it cannot import the zoo)
+
     def __init__(self, in_planes: int, planes: int):
         super().__init__()
         self.pad = (planes - in_planes) // 2

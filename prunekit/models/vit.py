@@ -19,6 +19,8 @@ from .zoo import MODELS, check_size
 class SelfAttention(nn.Module):
     """Multi-head self-attention with separate q/k/v/out linear projections."""
 
+    structure_kind = "qkv_attention"  # how prunekit.structure.heads finds its heads (it cannot import the zoo)
+
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads

@@ -13,7 +13,9 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
+from ..plugins import entry_point, is_import_path, load_object
 from ..registry import Registry, suggest
+from .huggingface import hf_builder
 
 MODELS: Registry = Registry("model")
 
@@ -28,13 +30,9 @@ def names() -> list[str]:
 def builder(name: str) -> Any:
     """The builder of ``name``: a registered model, a ``"package.module:factory"`` import path, an
     ``"hf:<ArchitectureClass>"`` Hugging Face architecture, or an entry point of group ``prunekit.models``."""
-    from ..plugins import entry_point, is_import_path, load_object
-
     if name in MODELS:
         return MODELS.get(name)
     if name.startswith("hf:"):
-        from .huggingface import hf_builder
-
         return hf_builder(name[3:])
     if is_import_path(name):
         return load_object(name, "model.name")

@@ -1,4 +1,1 @@
-"""Reporting: parameter/FLOP counts, tables."""
-from .measure import count_params, count_flops
-
-__all__ = ["count_flops", "count_params"]
+"""Reporting: tables (mean ± std), plots, the HTML report, latency."""

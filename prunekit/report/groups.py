@@ -17,6 +17,9 @@ import json
 from collections import Counter
 from typing import Any
 
+from ..experiments.config import ExperimentConfig
+from ..methods import method_config
+
 DISPLAY = {
     "dense": "dense", "random": "random", "snip": "SNIP", "iter_snip": "iterative SNIP", "grasp": "GraSP",
     "synflow": "SynFlow", "prospr": "ProsPr", "dpai": "DPaI", "npb": "NPB", "phew": "PHEW", "set": "SET",
@@ -50,8 +53,6 @@ def _resolved(config_json: str, method_name_: str | None) -> tuple[tuple[str, st
         cfg["method"] = {**(cfg.get("method") or {}), "name": method_name_}
     tree: dict[str, Any] = {}
     try:
-        from ..experiments.config import ExperimentConfig
-
         full = ExperimentConfig.model_construct()
         for name in ("data", "train", "output"):
             tree[name] = getattr(full, name).model_dump(mode="json")
@@ -65,8 +66,6 @@ def _resolved(config_json: str, method_name_: str | None) -> tuple[tuple[str, st
     method = cfg.get("method") or {}
     if method.get("name"):
         try:
-            from ..methods import method_config
-
             tree["method"] = {**method_config(method).model_dump(mode="json"), "name": method["name"]}
         except Exception:  # noqa: BLE001 - an unknown or old method: its stored settings
             pass

@@ -32,6 +32,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
 from ..experiments.layout import RunPaths  # noqa: E402
+from ..errors import ConfigError  # noqa: E402
 from ..utils.io import atomic_write_bytes  # noqa: E402
 from .groups import FAMILIES, PAPER_METHODS  # noqa: E402
 from .tables import Entry, Section  # noqa: E402
@@ -65,8 +66,6 @@ def style(name: str = "screen") -> Iterator[Style]:
     """Draw and save figures in ``name``'s style (:data:`STYLES`) inside the block."""
     global _style
     if name not in STYLES:
-        from ..errors import ConfigError
-
         raise ConfigError(f"style={name!r} not allowed; allowed: {', '.join(STYLES)}")
     previous, _style = _style, STYLES[name]
     try:

@@ -29,10 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from rich.table import Table
 
 from ..experiments.layout import RunPaths
 from ..experiments.result_row import columns as row_columns, csv_columns
 from . import groups
+from ..errors import ConfigError, PrunekitError
+from ..experiments import load_recipe
 
 METRICS = ("final_acc", "best_acc")
 PAPER = "paper"  # the metric the recipe's paper reports (``reference.paper_metric``), else final_acc
@@ -161,8 +164,6 @@ def _recipe_reference(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 return yaml.safe_load(path.read_text()).get("reference") or {}
             except (yaml.YAMLError, OSError, AttributeError):
                 continue
-    from ..errors import PrunekitError
-    from ..experiments import load_recipe
 
     try:
         return load_recipe(rows[0]["recipe"]).get("reference") or {}
@@ -286,8 +287,6 @@ def aggregate(rows: list[dict[str, Any]], metric: str = "final_acc") -> list[Sec
     """Finished rows (and IMP's level rows) → sections → groups of runs that differ only in their seed
     (mean ± std over seeds), labelled by what differs, with paper numbers where known."""
     if metric not in (*METRICS, PAPER):
-        from ..errors import ConfigError
-
         raise ConfigError(f"metric={metric!r} not allowed; allowed: {', '.join((*METRICS, PAPER))}")
     by_section: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
@@ -426,8 +425,6 @@ def to_latex(sections: list[Section], metric: str = "final_acc") -> str:
 
 def to_rich(sections: list[Section], metric: str = "final_acc") -> list:
     """One :class:`rich.table.Table` per section, for the terminal."""
-    from rich.table import Table
-
     tables = []
     for s in sections:
         table = Table(title=s.title)

@@ -30,6 +30,7 @@ import functools
 from typing import Callable, Iterator, TypeVar
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
@@ -110,8 +111,6 @@ def _supported(conv: nn.Module) -> bool:
 
 def _conv_bn_pairs(model: nn.Module) -> dict[str, str]:
     """``{conv name: name of the eval-mode BatchNorm2d applied to its output and nothing else}``."""
-    import torch.fx
-
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception:  # untraceable (data-dependent control flow): convolutions are still swapped

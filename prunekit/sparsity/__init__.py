@@ -1,9 +1,10 @@
-"""Pure tensor logic of sparsity: masks, targets, allocation, selection, schedules, units."""
+"""Pure tensor logic of sparsity: masks, targets, allocation, selection, schedules, units, parameter/FLOP counts."""
 from .allocate import ALLOCATORS, achieved_sparsity, allocate, allocation_kind, check_allocation, custom, er, erk, uniform
 from .masks import MaskSet
+from .measure import count_flops, count_params
 from .optim_state import POLICIES as OPTIMIZER_STATE_POLICIES
 from .optim_state import mask_optimizer_state_, reset_optimizer_state_
-from .schedules import CosineDecay, CubicSchedule, OneShot, geometric_sparsity, lap_layer_sparsity, lap_remaining
+from .schedules import CosineDecay, CubicSchedule, geometric_sparsity, lap_layer_sparsity, lap_remaining
 from .select import (
     STRUCTURES,
     FlatSelector,

@@ -18,7 +18,7 @@ import math
 from typing import Mapping, Sequence
 
 from ..errors import ConfigError
-from ..registry import Registry
+from ..registry import Registry, suggest
 from .units import check_sparsity
 
 Shapes = Mapping[str, Sequence[int]]
@@ -117,8 +117,6 @@ def check_allocation(allocation: "str | Mapping[str, float]", allowed: Sequence[
     ``custom``); a one-line :class:`ConfigError` otherwise."""
     kind = allocation_kind(allocation)
     if kind not in allowed:
-        from ..registry import suggest
-
         raise ConfigError(f"{where}={allocation!r} is not allowed{suggest(kind, list(allowed))}; allowed: "
                           f"{', '.join(allowed)}" + (" (a {layer name or glob: sparsity} map)" if CUSTOM in allowed else ""))
     if kind == CUSTOM:

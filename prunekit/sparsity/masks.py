@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, MaskError
+from ..utils.io import atomic_path, atomic_write_text
 from .targets import Targets, resolve_targets
 
 
@@ -208,9 +211,6 @@ class MaskSet:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write masks (safetensors, uint8) and a JSON sparsity report next to it, atomically."""
-        from safetensors.torch import save_file
-
-        from ..utils.io import atomic_path, atomic_write_text
 
         path = Path(path)
         tensors = {n: m.to(torch.uint8).contiguous().cpu() for n, m in self._masks.items()}
@@ -224,8 +224,6 @@ class MaskSet:
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> "MaskSet":
         """Read a mask file; with ``model``, check names and shapes against it and bind."""
-        from safetensors import SafetensorError, safe_open
-
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"{path}: mask file not found")

@@ -1,6 +1,5 @@
 """Sparsity and rate schedules.
 
-* :class:`OneShot` — the target at once.
 * :func:`geometric_sparsity` — IMP levels: keep ``keep_per_level`` of the survivors per level
   (Frankle & Carbin 2019; open_lth prunes 20% per level).
 * :func:`lap_layer_sparsity` / :func:`lap_remaining` — LAP rounds: a layer pruned at per-round rate
@@ -17,18 +16,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from ..errors import ConfigError
 from .units import check_sparsity
-
-
-@dataclass(frozen=True)
-class OneShot:
-    sparsity: float
-
-    def sparsity_at(self, step: int) -> float:
-        return self.sparsity
 
 
 def geometric_sparsity(level: int, keep_per_level: float = 0.8) -> float:
@@ -38,15 +29,6 @@ def geometric_sparsity(level: int, keep_per_level: float = 0.8) -> float:
     if not 0.0 < keep_per_level < 1.0:
         raise ConfigError(f"keep_per_level={keep_per_level} must be in (0, 1)")
     return 1.0 - keep_per_level**level
-
-
-def levels_for_sparsity(target: float, keep_per_level: float = 0.8) -> int:
-    """The smallest number of IMP levels whose sparsity reaches ``target``."""
-    check_sparsity(target)
-    level = 0
-    while geometric_sparsity(level, keep_per_level) < target - 1e-12:
-        level += 1
-    return level
 
 
 def lap_layer_sparsity(rate: float, rounds: int) -> float:
@@ -131,12 +113,3 @@ class CosineDecay:
     def value(self, step: int) -> float:
         t = min(max(step, 0), self.total_steps)
         return self.eta_min + (self.initial - self.eta_min) * (1.0 + math.cos(math.pi * t / self.total_steps)) / 2.0
-
-
-def per_layer_from_rates(names: Sequence[str], rates: Sequence[float] | Mapping[str, float], rounds: int) -> dict[str, float]:
-    """LAP per-layer sparsities for ``rounds`` rounds from per-layer per-round rates."""
-    if isinstance(rates, Mapping):
-        rates = [rates[n] for n in names]
-    if len(rates) != len(names):
-        raise ConfigError(f"{len(rates)} LAP rates given for {len(names)} prunable layers ({', '.join(names)})")
-    return {n: lap_layer_sparsity(r, rounds) for n, r in zip(names, rates)}

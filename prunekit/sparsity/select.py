@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, MaskError
-from ..registry import Registry
+from ..registry import Registry, suggest
 from .allocate import GLOBAL, allocate
 from .topk import SegmentTopK, WarmTopK, keep_above_kth, keep_largest, topk_mask
 
@@ -47,8 +47,6 @@ def check_structure(structure: str, allowed: Sequence[str], where: str = "struct
     """The structure if its kind is one of ``allowed`` (names of :data:`STRUCTURES`); else one line."""
     kind = structure_kind(structure)
     if kind not in allowed:
-        from ..registry import suggest
-
         raise ConfigError(f"{where}={structure!r} is not allowed{suggest(kind, list(allowed))}; allowed: "
                           f"{', '.join(allowed)}" + (" (e.g. 2:4)" if "N:M" in allowed else ""))
     if kind == "N:M":

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from torch import nn
 
 from ..errors import ConfigError
+from ..registry import suggest
 
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LAYER_KINDS: dict[str, tuple[str, ...]] = {
@@ -257,8 +258,6 @@ def resolve_targets(spec: "Targets | str | dict | None") -> Targets:
         return spec
     if isinstance(spec, str):
         if spec not in PRESETS:
-            from ..registry import suggest
-
             raise ConfigError(
                 f"targets={spec!r} is not a preset{suggest(spec, list(PRESETS))}; allowed: {', '.join(PRESETS)}"
             )

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, first_line
@@ -112,9 +113,6 @@ def _unpickler_reason(e: pickle.UnpicklingError) -> str:
 
 def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Tensor]:
     """The tensors of a safetensors file; CheckpointError when it is missing or not safetensors."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")

@@ -15,6 +15,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from .targets import CONV_TYPES, hf_conv1d_type
+
 
 def count_params(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, int]:
     """``{"params": all parameters, "nonzero": parameters left after masking}``."""
@@ -36,8 +38,6 @@ def _counted_forward(model: nn.Module, input_shape: tuple[int, ...], device, dty
     Gradients stay enabled and attention runs on its math kernel: PyTorch's fused inference kernels (``nn.TransformerEncoderLayer`` and
     ``nn.MultiheadAttention``'s fast path) run only without them and would hide their products from
     both counts. Returns (per-module FLOPs, per-weight FLOPs)."""
-    from ..sparsity.targets import CONV_TYPES, hf_conv1d_type
-
     name_of = {id(p): n for n, p in model.named_parameters()}
     per_weight: dict[str, float] = {}
     conv1d = hf_conv1d_type()

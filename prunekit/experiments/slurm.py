@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..experiments.config import ExperimentConfig
-from ..experiments.sweep import Sweep, group_lock, groups_of
+from .config import ExperimentConfig
+from .runner import run_experiment
+from .sweep import Sweep, group_lock, groups_of
 
 
 def _submitit():
-    try:
+    try:  # an optional dependency (extra "slurm"), imported when a launcher is used
         import submitit
     except ImportError:
         raise ConfigError("the SLURM launcher needs the submitit package: pip install 'prunekit[slurm]'") from None
@@ -34,8 +35,6 @@ class GroupJob:
         self.configs, self.force = configs, force
 
     def __call__(self) -> list[dict[str, Any]]:
-        from ..experiments.runner import run_experiment
-
         submitit = _submitit()
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:

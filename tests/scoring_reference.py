@@ -13,9 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..sparsity import MaskSet, select, topk_mask
-from .data import Batch, threads_for
-from .paths import PathCounter
+from prunekit.methods.dpai import score_optimizer
+from prunekit.methods.pai import round_sparsity
+from prunekit.scoring.data import Batch, threads_for
+from prunekit.scoring.paths import PathCounter
+from prunekit.sparsity import MaskSet, select, topk_mask
 
 
 def snip_literal(model: nn.Module, masks: MaskSet, batches: Sequence[Batch],
@@ -68,8 +70,6 @@ def synflow_literal(model: nn.Module, masks: MaskSet, input_shape: Sequence[int]
 
 
 def _synflow_round(net, weights, current, ones, sparsity, r, rounds):
-    from ..methods.pai import round_sparsity
-
     with torch.no_grad():
         for n, w in zip(current, weights):
             w.mul_(current[n])
@@ -100,8 +100,6 @@ def dpai_literal(model: nn.Module, names: Sequence[str], zeros: Sequence[int], i
     layer_scores = [s.detach().clone().view(shape).requires_grad_(True)
                     for s, shape in zip(scores.split([sh.numel() for sh in shapes]), shapes)]
     keeps = [sh.numel() - z for sh, z in zip(shapes, zeros)]
-    from ..methods.dpai import score_optimizer
-
     opt = score_optimizer(layer_scores, lr)
     history = []
     with PathCounter(model, names, input_shape) as counter, threads_for(scores.device, scores.numel()):

@@ -6,7 +6,8 @@ BatchNorm, every layer that reads those channels, and every other producer added
 residual stream). prunekit reads the groups, decides per channel whether removing it is exact, and lets
 Torch-Pruning do the surgery.
 
-Parameter-free option-A shortcuts (``PadShortcut``: subsample and zero-pad the new channels) are not
+Parameter-free option-A shortcuts (a module declaring ``structure_kind = "pad_shortcut"`` with ``pad`` and
+``extra``, as the zoo's ``PadShortcut``: subsample and zero-pad the new channels) are not
 channel-preserving, so a tracer that treats them as element-wise ops merges streams of different widths.
 They are replaced by :class:`ChannelGather`, an equivalent index-aware module with its own pruner: an
 output channel is an input channel or an always-zero channel, and both sides can lose channels.
@@ -30,6 +31,9 @@ try:  # optional dependency (extra "structured")
     import torch_pruning as tp
 except ImportError:  # pragma: no cover - exercised only without the extra
     tp = None
+
+
+PAD_SHORTCUT = "pad_shortcut"  # a module's ``structure_kind``: stride-2 subsampling, ``pad``/``extra`` zero channels
 
 
 def require_torch_pruning() -> Any:
@@ -125,10 +129,9 @@ def _conv1d_pruner_class():
 
 
 def replace_pad_shortcuts(model: nn.Module, example_inputs: torch.Tensor) -> int:
-    """Swap every ``PadShortcut`` of ``model`` for an equivalent :class:`ChannelGather`; returns how many."""
-    from ..models.resnet_cifar import PadShortcut
-
-    pads = {name: m for name, m in model.named_modules() if isinstance(m, PadShortcut)}
+    """Swap every pad shortcut of ``model`` (``structure_kind = "pad_shortcut"``, as the zoo's ``PadShortcut``)
+    for an equivalent :class:`ChannelGather`; returns how many."""
+    pads = {name: m for name, m in model.named_modules() if getattr(m, "structure_kind", None) == PAD_SHORTCUT}
     if not pads:
         return 0
     widths: dict[str, int] = {}
@@ -189,7 +192,7 @@ class ChannelGroup:
     ``period`` is set when a grouped convolution reads or writes the group: a removable *unit* is then
     the channels ``{p, p + period, p + 2 period, ...}`` (the same position in every conv group, so every
     conv group keeps the same width). ``heads`` names the attention module whose head projections write
-    the group: those channels go in whole heads (:mod:`prunekit.export.heads`), never one by one."""
+    the group: those channels go in whole heads (:mod:`prunekit.structure.heads`), never one by one."""
 
     root_name: str
     root: nn.Module
@@ -305,7 +308,7 @@ def _no_cache(model: nn.Module):
 class ChannelGraph:
     """The dependency graph of ``model`` (traced once on ``example_inputs``: a tensor, or a mapping of
     keyword inputs) and its channel groups; ``attention`` lists the attention modules whose heads are
-    units of their own (:mod:`prunekit.export.heads`).
+    units of their own (:mod:`prunekit.structure.heads`).
 
     ``model`` is modified: option-A shortcuts become :class:`ChannelGather` (same function). Build it on
     the copy you intend to shrink.
