@@ -9,15 +9,16 @@ from torch import nn
 import prunekit as pk
 from prunekit.errors import UnknownNameError
 from prunekit.experiments import build_config, run_experiment
-from prunekit.experiments.lifecycles import LIFECYCLES, Outcome, prune_once
+from prunekit.experiments.lifecycles import LIFECYCLES, Facts, Outcome, prune_once
 from prunekit.experiments.run_cost import RunCost
-from prunekit.experiments.sweep_cost import phase_steps
+from prunekit.experiments.sweep import group_key
+from prunekit.experiments.sweep_cost import phase_steps, phases
 from prunekit.methods import METHODS, method_config, method_schedule
 from prunekit.methods.lap import MP
 from prunekit.train import evaluate
 
 
-@LIFECYCLES.register("test_train_then_prune")
+@LIFECYCLES.register("test_train_then_prune", facts=Facts(phases=("train",)))
 def train_then_prune(run) -> Outcome:
     """Train the dense network with the method's hooks, then prune once; no fine-tuning."""
     summary = run.fit(run.cfg.train, "train")
@@ -45,6 +46,9 @@ def test_a_new_protocol_is_one_registered_function(tmp_path, monkeypatch):
     assert (run_dir / "masks.safetensors").is_file() and (run_dir / "metrics-train.jsonl").is_file()
     assert not (run_dir / "metrics-finetune.jsonl").exists()  # not the "after" protocol
     assert row["train_steps"] == phase_steps(cfg, cfg.train)  # one epoch, nothing else trained
+    # what the rest of the harness knows of it comes from its registration alone
+    assert phases(cfg) == [("train", phase_steps(cfg, cfg.train))]
+    assert group_key(cfg).startswith("run-")  # no shared pretraining
 
 
 def test_a_method_declaring_an_unregistered_lifecycle_is_refused_before_any_file(tmp_path, monkeypatch):

@@ -9,7 +9,8 @@ import yaml
 from prunekit.cli import main
 from prunekit.errors import ConfigError
 from prunekit.experiments import build_config
-from prunekit.experiments.sweep import (group_lock, groups_of, load_sweep, method_schedule, run_status, run_sweep,
+from prunekit.methods import method_schedule
+from prunekit.experiments.sweep import (group_lock, groups_of, load_sweep, run_status, run_sweep,
                                         threads_per_worker)
 from prunekit.experiments.sweep_cost import estimate, phase_steps, steps_per_epoch
 

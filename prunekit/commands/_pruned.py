@@ -13,7 +13,7 @@ from ..data import get_spec
 from ..errors import ConfigError, first_line
 from ..experiments.config import build_config, create_model, model_kwargs
 from ..experiments.layout import RunPaths
-from ..experiments.sweep import method_schedule
+from ..experiments.lifecycles import facts_for
 from ..models import create, info
 from ..sparsity import MaskSet
 from ..train.checkpoint import load_module_state, load_weights
@@ -105,7 +105,7 @@ def _model_of_run(run) -> tuple[str, nn.Module, tuple[int, ...], bool]:
     spec = get_spec(cfg.data.name)
     model = create_model(cfg.model.name, model_kwargs(cfg, spec), spec.num_classes)
 
-    return cfg.model.name, model, (spec.channels, *spec.image_size), method_schedule(cfg.method_settings) != "none"
+    return cfg.model.name, model, (spec.channels, *spec.image_size), facts_for(cfg.method_settings).sparse
 
 
 def example_batch(loaded: Loaded, n: int = 2) -> torch.Tensor:

@@ -216,10 +216,10 @@ class RunPaths(PhaseDir):
     def continues_pretraining(self) -> bool:
         """Whether the run's training goes on from the shared pretraining (``dense``: it is the whole run;
         after-training methods: it is their first phase)."""
-        from .sweep import method_schedule
+        from .lifecycles import facts_for  # here, not at the top: the lifecycles import this module
 
         cfg = self.settings
-        return cfg is not None and method_schedule(cfg.method) in ("none", "after")
+        return cfg is not None and facts_for(cfg.method_settings).continues_pretraining
 
     def curve_files(self) -> list[Path]:
         """The metrics files of the run in training order, its shared pretraining's first when it went on from it."""

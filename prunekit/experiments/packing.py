@@ -33,12 +33,12 @@ REFUSED = {
 
 def pack_refusal(cfg) -> str | None:
     """Why the run of ``cfg`` cannot train packed (None: it can), from its configuration alone."""
-    from .sweep import method_schedule  # here, not at the top: runner -> packing -> sweep -> runner
+    from .lifecycles import facts_for  # here, not at the top: runner -> packing -> lifecycles -> runner's helpers
 
     name = cfg.method_settings.name
     if name in REFUSED:
         return f"{name}: {REFUSED[name]}"
-    if method_schedule(cfg.method_settings) == "iterative":
+    if facts_for(cfg.method_settings).chained:
         return f"{name}: an IMP chain prunes each level from the previous level's trained weights, one after another"
     if getattr(cfg.method_settings, "retrain_steps", None):  # LAP's iterative rounds
         return f"{name} with retrain_steps: every pruning round starts a fresh optimizer, which a shared one cannot do"

@@ -165,14 +165,13 @@ def check_result(run_dir: Path, cfg: ExperimentConfig) -> dict[str, Any] | None:
 
 
 def _check_partial(run_dir: Path, cfg: ExperimentConfig) -> None:
-    from .sweep import method_schedule  # here, not at the top: the sweep imports this module
+    from .lifecycles import facts_for  # here, not at the top: the lifecycles import this module
 
     paths = RunPaths.at(run_dir)
     for ckpt in paths.checkpoints():
         if not ckpt.is_file():
             raise _damaged(ckpt, "is not a file (a checkpoint is)")
-    schedule = method_schedule(cfg.method_settings)
-    phase = {"after": "finetune", "init": "train", "during": "train"}.get(schedule)
+    phase = facts_for(cfg.method_settings).pruned_phase
     if phase and paths.checkpoint(phase).exists():  # resumes past pruning: reads prune.json
         path = paths.prune
         if not path.exists():
@@ -182,9 +181,9 @@ def _check_partial(run_dir: Path, cfg: ExperimentConfig) -> None:
 
 def check_caches(cfg: ExperimentConfig) -> None:
     """The cached dense pretraining this run would reuse (after-training, IMP and dense runs)."""
-    from .sweep import method_schedule  # here, not at the top: the sweep imports this module
+    from .lifecycles import facts_for  # here, not at the top: the lifecycles import this module
 
-    if method_schedule(cfg.method_settings) not in ("none", "after", "iterative"):
+    if not facts_for(cfg.method_settings).pretrained:
         return
     shared = RunPaths.of(cfg).pretraining
     if shared.complete():

@@ -38,7 +38,7 @@ from .packing import fit_trainer
 from .config import ExperimentConfig, check_model_fits, check_targets, create_model, identity, model_kwargs, run_hash
 from . import rundir
 from .layout import OutputRoot, PhaseDir, RunPaths
-from .lifecycles import LIFECYCLES
+from .lifecycles import LIFECYCLES, lifecycle_facts
 from .progress import Reporter
 from .result_row import ResultRow
 from .run_cost import RunCost, mask_flops_ratio
@@ -330,7 +330,7 @@ def _target_sparsity(cfg: ExperimentConfig, built: Built) -> float:
 
 def _row(cfg: ExperimentConfig, built: Built, run_dir: Path, status: str, summary: dict | None = None,
          wall: float = 0.0, error: str | None = None, cost: RunCost | None = None) -> ResultRow:
-    masks = built.pruner.masks if built.pruner.schedule != "none" else None
+    masks = built.pruner.masks if lifecycle_facts(built.pruner.schedule).sparse else None
     params = count_params(built.model, masks)
     flops = count_flops(built.model, built.input_shape, masks, device=built.device)
     summary = summary or {}

@@ -39,9 +39,9 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..errors import ConfigError, PrunekitError
-from ..methods import method_schedule
 from .config import ExperimentConfig, build_config, parse_overrides, pretrain_hash
 from .layout import OutputRoot, RunPaths
+from .lifecycles import facts_for
 from .progress import Reporter
 from .recipes import expand_grid, find_recipe, load_recipe
 from .runner import run_dir_for, run_experiment, store_for
@@ -116,14 +116,14 @@ def expand(tree: dict[str, Any], overrides: list[str] = ()) -> list[ExperimentCo
 
 def _without_unused_sparsity(cfg: ExperimentConfig) -> ExperimentConfig:
     settings = cfg.method_settings
-    if method_schedule(settings) == "none" and settings.sparsity:
+    if not facts_for(settings).sparse and settings.sparsity:
         return cfg.model_copy(update={"method_settings": settings.model_copy(update={"sparsity": 0.0})})
     return cfg
 
 
 def group_key(cfg: ExperimentConfig) -> str:
     """Runs with the same key share on-disk caches and must not run concurrently (see module doc)."""
-    if method_schedule(cfg.method_settings) in ("none", "after", "iterative"):
+    if facts_for(cfg.method_settings).pretrained:
         return f"pretrain-{pretrain_hash(cfg)}"
     return f"run-{run_dir_for(cfg).name}"
 

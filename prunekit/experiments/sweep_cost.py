@@ -22,7 +22,7 @@ from .config import ExperimentConfig, build_config, model_kwargs, pretrain_hash
 from .layout import RunPaths
 from .runner import store_for
 from .store import ResultsStore
-from ..methods import method_schedule
+from .lifecycles import facts_for
 from .sweep import run_status
 
 
@@ -66,15 +66,15 @@ def phase_steps(cfg: ExperimentConfig, train_cfg) -> int | None:
 
 def phases(cfg: ExperimentConfig, levels: int = 1) -> list[tuple[str, int | None]]:
     """``[(phase, steps)]`` of one run; phase ``pretrain`` is the shared, cacheable dense training."""
-    schedule = method_schedule(cfg.method_settings)
     train = phase_steps(cfg, cfg.train)
-    if schedule == "none":
-        return [("pretrain", train)]
-    if schedule == "after":
-        return [("pretrain", train), ("finetune", phase_steps(cfg, cfg.finetune or cfg.train))]
-    if schedule == "iterative":
-        return [("pretrain", train)] + [(f"level{i}", train) for i in range(1, levels + 1)]
-    return [("train", train)]
+    steps = {"pretrain": train, "train": train}
+    out: list[tuple[str, int | None]] = []
+    for phase in facts_for(cfg.method_settings).phases:
+        if phase == "levels":
+            out += [(f"level{i}", train) for i in range(1, levels + 1)]
+        else:
+            out.append((phase, steps[phase] if phase in steps else phase_steps(cfg, cfg.finetune or cfg.train)))
+    return out
 
 
 class _Models:
@@ -110,7 +110,7 @@ class _Models:
 
 
 def _levels(models: _Models, cfg: ExperimentConfig) -> int:
-    return models.levels(cfg) if method_schedule(cfg.method_settings) == "iterative" else 1
+    return models.levels(cfg) if facts_for(cfg.method_settings).chained else 1
 
 
 def estimate(configs: list[ExperimentConfig]) -> SweepCost:

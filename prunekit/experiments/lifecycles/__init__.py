@@ -12,9 +12,10 @@
 
 A lifecycle is a function ``(run: Run) -> Outcome`` registered in :data:`LIFECYCLES` under the schedule
 a method declares (:meth:`prunekit.methods.Pruner.schedule_for`); :func:`prune_once` is the pruning step
-they share.
+they share, and the :class:`Facts` it registers with are what the sweep, the cost estimate, resume checks
+and the report know of it.
 """
 from . import after, at_init, dense, during, iterative  # noqa: F401  (each registers its lifecycle)
-from .base import LIFECYCLES, Outcome, prune_once
+from .base import LIFECYCLES, Facts, Outcome, facts_for, lifecycle_facts, prune_once
 
-__all__ = ["LIFECYCLES", "Outcome", "prune_once"]
+__all__ = ["LIFECYCLES", "Facts", "Outcome", "facts_for", "lifecycle_facts", "prune_once"]

@@ -6,13 +6,14 @@ from typing import TYPE_CHECKING
 
 from ...train import evaluate
 from ..run_cost import RunCost, add_sparse_phase
-from .base import LIFECYCLES, Outcome, prune_once
+from .base import LIFECYCLES, Facts, Outcome, prune_once
 
 if TYPE_CHECKING:
     from ..runner import Run
 
 
-@LIFECYCLES.register("after")
+@LIFECYCLES.register("after", facts=Facts(pretrained=True, continues_pretraining=True, pruned_phase="finetune",
+                                                  phases=("pretrain", "finetune")))
 def after(run: Run) -> Outcome:
     built, pruner = run.built, run.pruner
     pre = run.pretrain()

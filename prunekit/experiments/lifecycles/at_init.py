@@ -4,13 +4,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...diagnostics import check_layer_collapse
-from .base import LIFECYCLES, Outcome, prune_then_train
+from .base import LIFECYCLES, Facts, Outcome, prune_then_train
 
 if TYPE_CHECKING:
     from ..runner import Run
 
 
-@LIFECYCLES.register("init")
+@LIFECYCLES.register("init", facts=Facts(pruned_phase="train"))
 def at_init(run: Run) -> Outcome:
     built = run.built
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from ...distributed import is_main
-from ...methods import PruneContext
+from ...methods import MethodConfig, PruneContext, method_schedule
 from ...registry import Registry
 from ...utils.io import atomic_write_text
 from .. import rundir
@@ -32,6 +32,35 @@ class Outcome:
 
 Lifecycle = Callable[["Run"], Outcome]
 LIFECYCLES: Registry[Lifecycle] = Registry("lifecycle")
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the rest of the harness needs to know of a lifecycle without running it, declared where it is
+    registered (``LIFECYCLES.register(name, facts=Facts(...))``), so a new lifecycle is one file."""
+
+    #: it starts from the shared dense pretraining (cached per model/data/train/seed; one sweep group)
+    pretrained: bool = False
+    #: its training curve goes on from the pretraining's (the report draws both)
+    continues_pretraining: bool = False
+    #: the phase whose checkpoint means pruning is done (a resumed run reads ``prune.json`` back)
+    pruned_phase: str | None = None
+    #: the phases a sweep's cost estimate counts; ``levels``: one training per IMP level
+    phases: tuple[str, ...] = ("train",)
+    #: the run ends with masks (False: dense)
+    sparse: bool = True
+    #: each level trains from the previous level's weights, one after another (cannot be packed)
+    chained: bool = False
+
+
+def lifecycle_facts(schedule: str) -> Facts:
+    """The :class:`Facts` of the lifecycle registered under ``schedule``."""
+    return LIFECYCLES.meta(schedule).get("facts", Facts())
+
+
+def facts_for(settings: MethodConfig) -> Facts:
+    """The :class:`Facts` of the lifecycle a method's validated settings declare (no model needed)."""
+    return lifecycle_facts(method_schedule(settings))
 
 
 def prune_once(run: Run, ctx: PruneContext, phase: str, prune: Callable[[PruneContext], Any], label: str,

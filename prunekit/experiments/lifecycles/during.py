@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import LIFECYCLES, Outcome, prune_then_train
+from .base import LIFECYCLES, Facts, Outcome, prune_then_train
 
 if TYPE_CHECKING:
     from ..runner import Run
 
 
-@LIFECYCLES.register("during")
+@LIFECYCLES.register("during", facts=Facts(pruned_phase="train"))
 def during(run: Run) -> Outcome:
     return prune_then_train(run, "")

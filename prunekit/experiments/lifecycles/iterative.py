@@ -25,13 +25,13 @@ from ...utils.io import atomic_path, atomic_write_text
 from .. import rundir
 from ..layout import ChainPaths, LevelPaths, RunPaths
 from ..run_cost import RunCost
-from .base import LIFECYCLES, Outcome
+from .base import LIFECYCLES, Facts, Outcome
 
 if TYPE_CHECKING:
     from ..runner import Run
 
 
-@LIFECYCLES.register("iterative")
+@LIFECYCLES.register("iterative", facts=Facts(pretrained=True, phases=("pretrain", "levels"), chained=True))
 def iterative(run: Run) -> Outcome:
     chain = RunPaths.of(run.cfg).chain
     chain.path.mkdir(parents=True, exist_ok=True)
