@@ -330,3 +330,34 @@ def test_bip_end_to_end_through_the_runner(tmp_path):
     assert row["final_acc"] > 60.0
     metrics = (tmp_path / "runs" / "bip_e2e").glob("*/metrics-finetune.jsonl")
     assert len(next(metrics).read_text().splitlines()) == 3
+
+
+def _diverging_scores(pruner):
+    def step(*args, **kwargs):  # a diverged score optimizer
+        pruner.bank.scores[3] = float("nan")
+    return step
+
+
+def test_hydra_stops_on_non_finite_scores_instead_of_a_mask_among_nans(monkeypatch):
+    from prunekit.errors import NumericError
+
+    torch.manual_seed(0)
+    pruner = pk.create("hydra", nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), sparsity=0.5,
+                       score_epochs=2)
+    monkeypatch.setattr(pruner, "score_step", _diverging_scores(pruner))
+    with pytest.raises(NumericError, match="hydra: score epoch 0: the pruning scores are not finite") as err:
+        pruner.prune(PruneContext(batches=[(torch.randn(4, 8), torch.randint(0, 4, (4,)))]))
+    assert "\n" not in str(err.value)
+
+
+def test_bip_stops_at_the_epoch_end_on_non_finite_scores():
+    from prunekit.errors import NumericError
+
+    torch.manual_seed(0)
+    pruner = pk.create("bip", nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), sparsity=0.5)
+    pruner.prune(PruneContext(batches=[(torch.randn(4, 8), torch.randint(0, 4, (4,)))], total_steps=4,
+                              steps_per_epoch=2))
+    pruner.on_epoch_end(0)  # finite: nothing to say
+    pruner.bank.scores[3] = float("nan")
+    with pytest.raises(NumericError, match="bip: epoch 0: the pruning scores are not finite"):
+        pruner.on_epoch_end(0)

@@ -149,6 +149,9 @@ class BiP(Pruner):
         self.seen = {"score_grad": False, "weight_grad": False}
         return self.masks
 
+    def on_epoch_end(self, epoch: int) -> None:
+        self.bank.check_finite(f"{self.name}: epoch {epoch}")
+
     def mask_changed_at(self, step: int) -> bool:
         return (step - 1) // self.steps_per_epoch < self.epochs - self.config.finetune_epochs
 

@@ -22,7 +22,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NumericError
 from ..modelio import DEFAULT_IO, ModelIO
 from ..sparsity import FlatSelector, MaskSet, keep_counts
 from ..sparsity.targets import unit_dim
@@ -126,6 +126,13 @@ class ScoreBank:
         if kept.data_ptr() != self.keep.data_ptr():
             self.keep.copy_(kept)
         self.factor.copy_(self.keep)
+
+    def check_finite(self, where: str) -> None:
+        """Refuse non-finite scores (one host sync; call once per epoch, not per step): a mask chosen among
+        NaNs would be silently arbitrary."""
+        if not bool(torch.isfinite(self.scores).all()):
+            raise NumericError(f"{where}: the pruning scores are not finite (a diverged score optimizer: lower its "
+                               "learning rate); the mask would be a choice among NaN/inf scores")
 
     @torch.no_grad()
     def write_z(self) -> None:
@@ -277,6 +284,7 @@ class Hydra(Pruner):
                     ctx.batches.set_epoch(epoch)
                 for x, y in ctx.batches:
                     self.score_step(x, y, lr, io)
+                self.bank.check_finite(f"{self.name}: score epoch {epoch}")
         return self.masks
 
     def score_step(self, x: Tensor, y: Tensor, lr: float, io: ModelIO = DEFAULT_IO) -> Tensor:
