@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..errors import MaskError
 from ..modelio import call_model, logits_of
-from ..structure.graph import DEPTHWISE, PRODUCER, ChannelGather, ChannelGraph, ChannelGroup, Member, member_entries, weighted_types
+from ..structure.graph import ChannelGather, ChannelGraph, ChannelGroup, Member, member_entries, weighted_types
 from ..structure.heads import dead_units, out_axis
 from .heads import remove_units_, zero_dead_biases_
 
