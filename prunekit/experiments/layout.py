@@ -17,12 +17,26 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .config import ExperimentConfig
+import yaml
+from pydantic import ValidationError
+
+from ..errors import PrunekitError, RunDirError
+from .config import ExperimentConfig, chain_hash, pretrain_hash, run_hash
 
 PHASE_ORDER = ("pretrain", "prune", "train", "finetune")  # the order a run's phases train in
+
+
+class Named:
+    """A file or folder of a layout class, its name written once: ``summary = Named("summary.json")``
+    reads as ``paths.summary`` (``<path>/summary.json``)."""
+
+    def __init__(self, name: str, doc: str = ""):
+        self.name = name
+        self.__doc__ = doc or f"``{name}``"
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else obj.path / self.name
 
 
 @dataclass(frozen=True)
@@ -37,9 +51,7 @@ class PhaseDir:
     def metrics(self, phase: str) -> Path:
         return self.path / f"metrics-{phase}.jsonl"
 
-    @property
-    def tensorboard(self) -> Path:
-        return self.path / "tensorboard"
+    tensorboard = Named("tensorboard")
 
     def checkpoints(self) -> list[Path]:
         return sorted(self.path.glob(self.checkpoint("*").name))
@@ -55,13 +67,8 @@ class PretrainPaths(PhaseDir):
     """``<root>/_pretrained/<hash>``: the dense pretraining every run with the same model/data/train/seed
     shares (after-training methods, IMP from step 0, ``dense``)."""
 
-    @property
-    def weights(self) -> Path:
-        return self.path / "model.safetensors"
-
-    @property
-    def summary(self) -> Path:
-        return self.path / "summary.json"
+    weights = Named("model.safetensors")
+    summary = Named("summary.json")
 
     def complete(self) -> bool:
         return self.weights.exists() and self.summary.exists()
@@ -71,13 +78,8 @@ class PretrainPaths(PhaseDir):
 class LevelPaths(PhaseDir):
     """One IMP level of a chain: its weights, masks and rewind point, and its training summary."""
 
-    @property
-    def state(self) -> Path:
-        return self.path / "level.safetensors"
-
-    @property
-    def summary(self) -> Path:
-        return self.path / "summary.json"
+    state = Named("level.safetensors")
+    summary = Named("summary.json")
 
 
 @dataclass(frozen=True)
@@ -98,9 +100,7 @@ class OutputRoot:
 
     path: Path
 
-    @property
-    def store(self) -> Path:
-        return self.path / "results.sqlite"
+    store = Named("results.sqlite")
 
     def lock(self, key: str) -> Path:
         return self.path / "_locks" / f"{key}.lock"
@@ -120,12 +120,10 @@ class RunPaths(PhaseDir):
     the folder a row names): it reads the run's own ``config.yaml`` for the shared folders."""
 
     root: OutputRoot
-    _cfg: "ExperimentConfig | None" = field(default=None, compare=False, repr=False)
+    _cfg: ExperimentConfig | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def of(cls, cfg: "ExperimentConfig") -> "RunPaths":
-        from .config import run_hash
-
+    def of(cls, cfg: ExperimentConfig) -> "RunPaths":
         root = Path(cfg.output.root)
         return cls(root / cfg.name / f"{cfg.method_settings.name}-{run_hash(cfg)}", OutputRoot(root), cfg)
 
@@ -135,46 +133,23 @@ class RunPaths(PhaseDir):
         return cls(run_dir, OutputRoot(run_dir.parents[1] if len(run_dir.parents) > 1 else run_dir.parent))
 
     # --- the run's own files ----------------------------------------------------------------------------
-    @property
-    def config(self) -> Path:
-        """The resolved settings, after a line with their hash (:func:`prunekit.experiments.rundir.config_text`)."""
-        return self.path / "config.yaml"
-
-    @property
-    def result(self) -> Path:
-        """The finished run's row (and its extra entries): a run with it is skipped unless ``--force``."""
-        return self.path / "result.json"
-
-    @property
-    def prune(self) -> Path:
-        """What pruning measured (time, accuracy right after), read back when a run resumes past pruning."""
-        return self.path / "prune.json"
-
-    @property
-    def search(self) -> Path:
-        return self.path / "search.json"
-
-    @property
-    def masks(self) -> Path:
-        return self.path / "masks.safetensors"
+    config = Named("config.yaml", "the resolved settings, after a line with their hash "
+                   "(:func:`prunekit.experiments.rundir.config_text`)")
+    result = Named("result.json", "the finished run's row (and its extra entries): a run with it is skipped "
+                   "unless ``--force``")
+    prune = Named("prune.json", "what pruning measured (time, accuracy right after), read back when a run "
+                  "resumes past pruning")
+    search = Named("search.json")
+    masks = Named("masks.safetensors")
 
     @property
     def mask_report(self) -> Path:
         """The per-layer sparsity report :meth:`prunekit.sparsity.MaskSet.save` writes beside the masks."""
         return self.masks.with_suffix(".json")
 
-    @property
-    def model(self) -> Path:
-        return self.path / "model.safetensors"
-
-    @property
-    def levels(self) -> Path:
-        return self.path / "levels.jsonl"
-
-    @property
-    def report(self) -> Path:
-        """Where ``prunekit report --run`` writes by default."""
-        return self.path / "report"
+    model = Named("model.safetensors")
+    levels = Named("levels.jsonl")
+    report = Named("report", "where ``prunekit report --run`` writes by default")
 
     def own_files(self) -> list[Path]:
         """What ``--force`` removes before redoing the run (its settings file and the shared caches stay)."""
@@ -183,17 +158,11 @@ class RunPaths(PhaseDir):
 
     # --- the shared folders -----------------------------------------------------------------------------
     @functools.cached_property
-    def settings(self) -> "ExperimentConfig | None":
+    def settings(self) -> ExperimentConfig | None:
         """The run's settings: those it was made from, else its ``config.yaml`` (None when that is missing or
         not a valid configuration)."""
         if self._cfg is not None:
             return self._cfg
-        import yaml
-        from pydantic import ValidationError
-
-        from ..errors import PrunekitError
-        from .config import ExperimentConfig
-
         try:
             return ExperimentConfig(**yaml.safe_load(self.config.read_text()))
         except (OSError, UnicodeDecodeError, yaml.YAMLError, ValidationError, TypeError, PrunekitError):
@@ -202,15 +171,11 @@ class RunPaths(PhaseDir):
     @property
     def pretraining(self) -> PretrainPaths:
         """The dense pretraining this run shares with every run of the same model/data/train/seed."""
-        from .config import pretrain_hash
-
         return self.root.pretraining(pretrain_hash(self._needs_settings()))
 
     @property
     def chain(self) -> ChainPaths:
         """The IMP level chain this run shares with every run of its settings but the final sparsity."""
-        from .config import chain_hash
-
         return self.root.chain(chain_hash(self._needs_settings()))
 
     def continues_pretraining(self) -> bool:
@@ -226,10 +191,8 @@ class RunPaths(PhaseDir):
         shared = [self.pretraining.metrics("pretrain")] if self.continues_pretraining() else []
         return [p for p in shared if p.is_file()] + self.metrics_files()
 
-    def _needs_settings(self) -> "ExperimentConfig":
+    def _needs_settings(self) -> ExperimentConfig:
         if self.settings is None:
-            from ..errors import RunDirError
-
             raise RunDirError(f"{self.config}: missing or not a valid configuration, so the folders this run "
                               f"shares are unknown; allowed: a run directory prunekit wrote")
         return self.settings
