@@ -6,8 +6,9 @@ per-step LR scheduler, the loss accumulation and non-finite check without host s
 end-of-segment evaluation and checkpoint. Plain side: ``zero_grad / cross_entropy / backward /
 SGD.step`` on pre-made NCHW batches (the same shuffled batches the loader makes) — what a user would
 write. LeNet-300-100 runs a full MNIST-sized epoch (60,000 samples, 469 steps), ResNet-20 4 steps.
-Both start each repeat with a fresh SGD (momentum 0.9) on the same model, alternate which side goes
-first, several repeats; printed: min / median / quiet-round median / max of the per-repeat ratio.
+Both start each repeat with a fresh SGD (momentum 0.9) on the same model; the rounds cycle through
+every order of the sides (each side in every position, after every other, equally often); printed:
+min / median / quiet-round median / max of the per-repeat ratio.
 Target (on the quiet-round median): ``<= 1.02`` with ``channels_last`` off (the harness adds nothing
 measurable); with the default on for conv nets it is expected well below 1. A third side, the plain loop
 drawing its batches from the same ``TensorLoader``, separates the harness's own per-step work from the
@@ -17,6 +18,7 @@ Run: ``python -m benchmarks.bench_trainer [--repeats 5] [--threads 1]``.
 """
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 
@@ -71,6 +73,16 @@ class Case:
         self.loader.set_epoch(0)
         return self.plain(self.loader)
 
+    def gather(self) -> float:
+        """The loader's epoch alone (batch gather, no training): what the pre-made side does not pay."""
+        self.loader.set_epoch(0)
+        sync(self.device)
+        t0 = time.perf_counter()
+        for _ in self.loader:
+            pass
+        sync(self.device)
+        return (time.perf_counter() - t0) / self.steps
+
     def prunekit(self, channels_last: bool | None) -> float:
         cfg = TrainConfig(duration=f"{self.steps}it", lr=0.01, momentum=0.9, eval_every=self.steps,
                           channels_last=channels_last)
@@ -79,6 +91,14 @@ class Case:
         trainer = Trainer(self.model, self.loader, self.test, cfg, device=self.device)
         trainer.fit()
         return trainer.wall_time / self.steps
+
+
+def rotated(sides: list, r: int) -> list:
+    """Round ``r``'s order of ``sides``: the rounds cycle through every permutation, so each side runs
+    in every position and after every other side equally often (a side run right after the pre-made
+    batches' loop measured up to 10 % slower; a rotation alone would keep that neighbour fixed)."""
+    orders = list(itertools.permutations(range(len(sides))))
+    return [sides[i] for i in orders[r % len(orders)]]
 
 
 def measure(case: Case, repeats: int) -> dict[str, tuple[list[float], list[float]]]:
@@ -92,7 +112,7 @@ def measure(case: Case, repeats: int) -> dict[str, tuple[list[float], list[float
     for r in range(repeats):
         for setting, key in layouts:
             sides = [case.plain, lambda: case.prunekit(setting)] + ([case.plain_loader] if key == "nchw" else [])
-            got = {fn: fn() for fn in (sides if r % 2 == 0 else sides[::-1])}
+            got = {fn: fn() for fn in rotated(sides, r)}
             times[key][0].append(got[sides[1]])
             times[key][1].append(got[sides[0]])
             if key == "nchw":
@@ -126,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
             record("trainer", f"{name} {label}", vals, None if key == "default" else TARGET, unit, quiet=quiet)
             print(f"{name:<16} {label:<28} {case.steps:>5} {min(vals):>7.3f} {med:>7.3f} {quiet:>7.3f} {max(vals):>7.3f} "
                   f"{TARGET:>7.2f}  {met}")
+        step = statistics.median(times["nchw"][1])  # the plain loop's step on pre-made batches
+        gathers = [case.gather() / step for _ in range(args.repeats)]
+        record("trainer", f"{name} batch gather alone", gathers, None,
+               f"plain PyTorch loop steps on pre-made batches (batch 128, {case.steps} steps)")
+        print(f"{name:<16} {'batch gather alone':<28} {case.steps:>5} {min(gathers):>7.3f} "
+              f"{statistics.median(gathers):>7.3f} {'—':>7} {max(gathers):>7.3f} {'—':>7}  —")
     return 0
 
 
