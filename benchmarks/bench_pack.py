@@ -11,6 +11,12 @@ runs both sides, alternating which goes first. Printed per model and K: the medi
 ``sequential time / packed time`` (= packed runs per hour / sequential runs per hour), its min and
 max, and the quiet-round median (rounds where both sides are within 1.3x of their fastest).
 
+Also printed per model, the *arithmetic ceiling*: one run's training step (forward, backward, SGD) over
+the time its multiply-adds (``torch.utils.flop_counter``) take at the rate of a large matrix product on
+the same threads. A pack that removed every other cost and ran the members' arithmetic at that rate
+could not gain more than this factor in runs/hour; where the step's own kernels already run near that
+rate (LeNet-300-100 on a CPU) the ceiling is near 1.
+
 ``--kernels``: the packs' loop kernels (each member's own forward/backward: bit-identical to separate
 runs) and, at K = 4 and 8, the stacked kernels (one vmapped model; the GPU default).
 
@@ -22,6 +28,8 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 import prunekit as pk
 from prunekit.data import TensorLoader
@@ -30,7 +38,7 @@ from prunekit.methods import METHODS, PruneContext, method_config
 from prunekit.train import TrainConfig, Trainer
 from prunekit.train.packed import PackedTrainer
 
-from .timing import device_parser, quiet_median, record, start, sync
+from .timing import device_parser, quiet_median, record, start, sync, timed
 
 MODELS = {  # name, kwargs, steps multiplier (LeNet-5's step is ~4x LeNet-300-100's)
     "lenet300_100": {},
@@ -106,6 +114,35 @@ def measure(runs: Runs, k: int, repeats: int, kernels: str) -> tuple[list[float]
     return seq, packed
 
 
+def gemm_rate(device: torch.device, n: int = 1024) -> float:
+    """FLOP/s of an ``n``-cube float32 matrix product at the current thread count (best of 5)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b  # warm-up
+    best = min(timed(lambda: a @ b, device) for _ in range(5))
+    return 2 * n ** 3 / best
+
+
+def ceiling(model: str, device: torch.device, rate: float, steps: int = 30) -> dict[str, float]:
+    """One run's step time, its arithmetic, and step time / (arithmetic at ``rate``): the most any pack
+    could gain in runs/hour by removing all the other per-step work (see the module docstring)."""
+    torch.manual_seed(0)
+    net = pk.models.create(model, num_classes=10, **MODELS[model]).to(device)
+    x = torch.randn(128, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (128,), device=device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    seconds = min(timed(step, device, steps) for _ in range(3))
+    return {"step_s": seconds, "flops": flops, "floor_s": flops / rate, "ceiling": seconds * rate / flops}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = device_parser(__doc__)
     ap.add_argument("--steps", type=int, default=100, help="training steps per run (LeNet-5: half)")
@@ -117,6 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     device = start(args)
     print(f"device {device}, torch {torch.__version__}, intra-op threads {torch.get_num_threads()} (both sides), "
           f"repeats {args.repeats}, batch 128, random-ERK masks")
+    rate = gemm_rate(device)
+    print(f"arithmetic ceiling (a 1024^3 float32 matrix product runs at {rate / 1e9:.1f} GFLOP/s here):")
+    for name in args.models:
+        c = ceiling(name, device, rate)
+        record("pack", f"{name} arithmetic ceiling of any pack", [c["ceiling"]], None,
+               "one run's step / its multiply-adds at the large matrix product's rate")
+        print(f"  {name:<14} step {c['step_s'] * 1e3:6.2f} ms, {c['flops'] / 1e6:6.1f} MFLOP -> {c['floor_s'] * 1e3:6.2f} ms "
+              f"at that rate: a pack can gain at most {c['ceiling']:.2f}x")
     print(f"{'model':<14} {'kernels':<8} {'K':>2} {'steps':>5} {'seq s':>7} {'pack s':>7}   {'min':>6} {'median':>6} "
           f"{'max':>6} {'quiet':>6} {'target':>7}  met")
     for name in args.models:

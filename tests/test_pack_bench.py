@@ -3,6 +3,9 @@
 import json
 import math
 
+import pytest
+import torch
+
 from benchmarks import bench_pack
 from benchmarks.timing import quiet_median, quiet_rounds, record_versus
 
@@ -30,9 +33,19 @@ def test_bench_pack_runs_both_kernels_at_tiny_sizes(tmp_path, monkeypatch, capsy
     assert bench_pack.main(["--repeats", "1", "--steps", "2", "--packs", "1", "4", "--models", "lenet300_100"]) == 0
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["measure"] for r in rows] == [
+        "lenet300_100 arithmetic ceiling of any pack",
         "lenet300_100 K=1 loop kernels: runs/hour packed / sequential",
         "lenet300_100 K=4 loop kernels: runs/hour packed / sequential",
         "lenet300_100 K=4 stacked kernels: runs/hour packed / sequential"]
-    assert rows[1]["target"] is None and all(r["median"] > 0 for r in rows)
+    assert rows[2]["target"] is None and all(r["median"] > 0 for r in rows)
     out = capsys.readouterr().out
-    assert out.count("lenet300_100") == 3 and "stacked   4" in out and "loop      4" in out
+    assert out.count("lenet300_100") == 4 and "a pack can gain at most" in out and "stacked   4" in out and "loop      4" in out
+
+
+def test_arithmetic_ceiling_counts_the_steps_multiply_adds():
+    """LeNet-300-100 at batch 128: forward and weight gradient of every layer, input gradient of all but
+    the first (the images need none): 2 flops per multiply-add."""
+    c = bench_pack.ceiling("lenet300_100", torch.device("cpu"), rate=1e9, steps=1)
+    layers = [(784, 300), (300, 100), (100, 10)]
+    assert c["flops"] == 2 * 128 * (3 * sum(i * o for i, o in layers) - 784 * 300)
+    assert c["floor_s"] == pytest.approx(c["flops"] / 1e9) and c["ceiling"] == pytest.approx(c["step_s"] / c["floor_s"])
