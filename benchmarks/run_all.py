@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # name -> (module, arguments, arguments with --quick)
 SUITE: dict[str, tuple[str, list[str], list[str]]] = {
     "loader": ("benchmarks.bench_loader", ["--repeats", "5"], ["--repeats", "2", "--images", "1280"]),
-    "trainer": ("benchmarks.bench_trainer", ["--repeats", "7"], ["--repeats", "2"]),
+    "trainer": ("benchmarks.bench_trainer", ["--repeats", "12"], ["--repeats", "2"]),
     "pai": ("benchmarks.bench_pai", ["--repeats", "5"], ["--repeats", "1", "--dpai-steps", "5", "--skip-check"]),
     "dst": ("benchmarks.bench_dst", ["--repeats", "7"], ["--repeats", "2"]),
     "bip": ("benchmarks.bench_bip", ["--repeats", "9"], ["--repeats", "2"]),

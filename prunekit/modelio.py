@@ -17,6 +17,7 @@ the data); targets equal to ``-100`` are ignored, as in PyTorch and Hugging Face
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -126,3 +127,15 @@ def batch_to(x: Any, device: torch.device) -> Any:
     if isinstance(x, Mapping):
         return {k: v.to(device, non_blocking=True) for k, v in x.items()}
     return x.to(device, non_blocking=True)
+
+
+def hf_conv1d_type() -> type | None:
+    """Hugging Face's ``Conv1D`` (GPT-2's linear layer, weight stored ``[in, out]``) when transformers is
+    loaded, else ``None`` (prunekit never imports transformers for a model that does not use it)."""
+    module = sys.modules.get("transformers.pytorch_utils")
+    if module is None and "transformers" in sys.modules:
+        try:
+            import transformers.pytorch_utils as module  # noqa: F811  (already imported by the model)
+        except ImportError:  # pragma: no cover
+            return None
+    return getattr(module, "Conv1D", None)

@@ -81,7 +81,7 @@ class TrainerSync:
     @property
     def _masks(self) -> MaskSet | None:
         pruner = self.trainer.pruner
-        return None if pruner is None or pruner.schedule == "none" else pruner.masks
+        return pruner.masks if pruner is not None and pruner.prunes else None
 
     def start(self) -> None:
         """At the start (or resumption) of the phase: forget log lines past the resumed step, compare."""

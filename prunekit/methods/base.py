@@ -165,6 +165,12 @@ class Pruner:
         """When a run of this method with ``config`` prunes, without a model: the declared ``schedule``."""
         return cls.schedule
 
+    @property
+    def prunes(self) -> bool:
+        """Whether this run's masks can hold zeros (False only for the dense baseline, schedule ``"none"``):
+        the trainer logs sparsity and distributed runs compare masks only where they can."""
+        return self.schedule != "none"
+
     def training_flops_ratio(self, input_shape: tuple[int, ...] | None = None) -> float | None:
         """Training FLOPs of the steps run so far relative to dense training, for methods that change their
         masks while training and count it step by step (RigL/GraNet convention); None: the others (their

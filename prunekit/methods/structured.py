@@ -28,13 +28,13 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from ..errors import ConfigError, MaskError, ModelError
-from ..modelio import batch_to, slice_batch
+from ..modelio import batch_to, hf_conv1d_type, slice_batch
 from ..scoring import SCORERS, snip_scores
 from ..scoring.data import take_samples
 from ..sparsity import MaskSet, keep_counts, topk_mask
 from ..sparsity.targets import resolve_targets
 from ..structure.graph import CONSUMER, DEPTHWISE, NORM, PRODUCER, ChannelGather, ChannelGraph, clear_entries_, member_entries
-from ..structure.heads import check_mha_prunable, conv1d_type, find_attention, unit_scores
+from ..structure.heads import check_mha_prunable, find_attention, unit_scores
 from .base import Allocation, MethodConfig, PruneContext, Pruner
 from .basic import MagnitudePruning
 from .registry import METHODS
@@ -125,7 +125,7 @@ class StructuredPruner(Pruner):
         targets = resolve_targets(self.config.targets)
         if targets.layers == "conv":
             return
-        c1d = conv1d_type()
+        c1d = hf_conv1d_type()
         extra = set()
         for name, m in self.model.named_modules():
             if c1d is not None and isinstance(m, c1d):

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ..sparsity.targets import hf_conv1d_type, weight_layout
 from ..errors import MaskError, ModelError
-from ..modelio import call_model, logits_of
+from ..modelio import call_model, hf_conv1d_type, logits_of
+from ..sparsity.targets import weight_layout
 from .tokens import input_embeddings, probe_input, summed_lookup, zero_lookup
 
 PATH_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)

@@ -15,7 +15,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from .targets import CONV_TYPES, hf_conv1d_type
+from ..modelio import hf_conv1d_type
+from .targets import CONV_TYPES
 
 
 def count_params(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, int]:

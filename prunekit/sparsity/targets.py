@@ -16,12 +16,12 @@ preset      policy (methods.md §5, "Cross-cutting notes")
 from __future__ import annotations
 
 import fnmatch
-import sys
 from dataclasses import dataclass, field, replace
 
 from torch import nn
 
 from ..errors import ConfigError
+from ..modelio import hf_conv1d_type
 from ..registry import suggest
 
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -34,17 +34,6 @@ LAYER_TYPES = LAYER_KINDS  # the allowed ``layers`` values
 SHORTCUT_WORDS = ("shortcut", "downsample")
 #: the packed projection weights of ``nn.MultiheadAttention`` (q/k/v in one tensor, or three)
 MHA_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
-
-
-def hf_conv1d_type() -> type | None:
-    """Hugging Face's ``Conv1D`` (GPT-2's linear layer, weight stored ``[in, out]``) when transformers is loaded."""
-    module = sys.modules.get("transformers.pytorch_utils")
-    if module is None and "transformers" in sys.modules:
-        try:
-            import transformers.pytorch_utils as module  # noqa: F811  (already imported by the model)
-        except ImportError:
-            return None
-    return getattr(module, "Conv1D", None)
 
 
 def weight_layout(module: nn.Module) -> str:

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..modelio import call_model, logits_of
-from .heads import AttentionHeads, conv1d_type, find_attention
+from ..modelio import call_model, hf_conv1d_type, logits_of
+from .heads import AttentionHeads, find_attention
 
 try:  # optional dependency (extra "structured")
     import torch_pruning as tp
@@ -233,7 +233,7 @@ _WEIGHTED = _CONV + (nn.Linear,)
 
 def weighted_types() -> tuple[type, ...]:
     """Layers whose weight rows are output channels and columns input channels (Conv1D: transposed)."""
-    c1d = conv1d_type()
+    c1d = hf_conv1d_type()
     return _WEIGHTED + ((c1d,) if c1d is not None else ())
 
 
@@ -321,8 +321,8 @@ class ChannelGraph:
         self.names = {m: n for n, m in model.named_modules()}
         self.attention: list[AttentionHeads] = find_attention(model)
         pruners: dict = {ChannelGather: _gather_pruner_class()}
-        if conv1d_type() is not None:
-            pruners[conv1d_type()] = _conv1d_pruner_class()
+        if hf_conv1d_type() is not None:
+            pruners[hf_conv1d_type()] = _conv1d_pruner_class()
         was_training = model.training
         model.eval()
         try:

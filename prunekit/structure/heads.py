@@ -13,7 +13,6 @@ with ``heads`` and ``q/k/v/out`` linear layers such as the zoo's ViT ``SelfAtten
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -21,25 +20,15 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ModelError
+from ..modelio import hf_conv1d_type
 
 
 QKV_ATTENTION = "qkv_attention"  # a module's ``structure_kind``: ``heads`` and q/k/v/out ``nn.Linear`` layers
 
 
-def conv1d_type() -> type | None:
-    """Hugging Face's ``Conv1D`` (weight ``[in, out]``) when transformers is loaded, else ``None``."""
-    mod = sys.modules.get("transformers.pytorch_utils")
-    if mod is None and "transformers" in sys.modules:
-        try:
-            import transformers.pytorch_utils as mod
-        except ImportError:  # pragma: no cover
-            return None
-    return getattr(mod, "Conv1D", None)
-
-
 def out_axis(module: nn.Module) -> int:
     """The weight axis of a layer's output features (1 for ``Conv1D``, 0 for conv/linear)."""
-    c1d = conv1d_type()
+    c1d = hf_conv1d_type()
     return 1 if c1d is not None and isinstance(module, c1d) else 0
 
 
@@ -183,7 +172,7 @@ def _mha(name: str, m: nn.MultiheadAttention, modules: dict) -> AttentionHeads:
 
 
 def _kind(m: nn.Module) -> Callable | None:
-    c1d = conv1d_type()
+    c1d = hf_conv1d_type()
     if isinstance(m, nn.MultiheadAttention):
         return _mha
     if getattr(m, "structure_kind", None) == QKV_ATTENTION:

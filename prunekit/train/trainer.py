@@ -254,7 +254,7 @@ class Trainer:
             "test_acc": ev["acc"],
             "test_loss": ev["loss"],
         }
-        if self.pruner is not None and self.pruner.schedule != "none":
+        if self.pruner is not None and self.pruner.prunes:
             record["sparsity"] = self.pruner.masks.sparsity()
         self.history.append(record)
         if self.sync is not None:
