@@ -23,7 +23,7 @@ import prunekit as pk
 from prunekit.export import compact_model, fold_batchnorm, zero_masked_channels_
 from prunekit.export.csr import to_csr
 from prunekit.models import create as create_model
-from prunekit.report import count_flops
+from prunekit.sparsity.measure import count_flops
 from prunekit.report.latency import measure_latency
 
 from .timing import record

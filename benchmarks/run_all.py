@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", choices=list(SUITE), default=None)
     ap.add_argument("--quick", action="store_true", help="fewer repeats: a smoke run of the whole suite")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per benchmark (default 1)")
-    ap.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per benchmark script")
+    ap.add_argument("--timeout", type=float, default=1200.0, help="seconds allowed per benchmark script")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     args = ap.parse_args(argv)
     names = args.only or list(SUITE)
